@@ -1,0 +1,271 @@
+"""Typed training configuration: the single source of truth for a run.
+
+Names follow TRL's ``DPOConfig`` / transformers' ``TrainingArguments`` where the concept is the
+same, so a user's existing YAML or command line carries over. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ALGOS = ("hypo", "dpo")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+SCHEDULERS = ("linear", "cosine", "constant")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+TRACKERS = ("jsonl", "tensorboard", "wandb", "none", "all")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message says which and how to fix it."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, group: str = "training"):
+    """A dataclass field that carries its ``--help`` text, allowed values and help group."""
+    meta = {"help": help, "choices": choices, "group": group}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # ---- model --------------------------------------------------------------------------------
+    model_name_or_path: str | None = opt(
+        None, "Causal LM to train: a Hugging Face hub id or a local folder (AutoModelForCausalLM).",
+        group="model")
+    tokenizer_name_or_path: str | None = opt(
+        None, "Tokenizer id or folder; defaults to model_name_or_path.", group="model")
+    dtype: str = opt("float32", "Weights dtype. bfloat16 halves memory on GPUs; CPU tests use float32.",
+                     DTYPES, group="model")
+    use_peft: bool = opt(False, "Train a LoRA adapter (peft). The reference is then the base model "
+                         "with the adapter disabled: no second copy of the weights.", group="model")
+    lora_r: int = opt(16, "LoRA rank.", group="model")
+    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", group="model")
+    lora_dropout: float = opt(0.0, "LoRA dropout. Non-zero dropout makes policy log-probs noisy; "
+                              "0 keeps the step-0 KL exactly 0.", group="model")
+    lora_target_modules: str = opt("all-linear", "Modules that get LoRA adapters: 'all-linear' or a "
+                                   "comma-separated list of module names.", group="model")
+    merge_adapter: bool = opt(False, "With use_peft, also save the adapter merged into the base "
+                              "weights under output_dir/merged.", group="model")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save "
+                                       "memory (slower).", group="model")
+
+    # ---- data ---------------------------------------------------------------------------------
+    dataset_name: str | None = opt(
+        None, "Preference data: a JSONL/JSON/Parquet/CSV file, a folder saved with datasets, or a hub "
+        "dataset name. Records are TRL's standard (prompt/chosen/rejected strings) or conversational "
+        "(lists of {role, content}) preference format.", group="data")
+    dataset_split: str = opt("train", "Split to train on (hub datasets and folders).", group="data")
+    eval_dataset_name: str | None = opt(
+        None, "Separate preference data for evaluation; default: carve eval_split_size off the "
+        "training data.", group="data")
+    eval_split_size: float = opt(0.0, "Fraction of the training records held out for evaluation "
+                                 "when eval_dataset_name is not given (0 = no eval).", group="data")
+    prompt_dataset_name: str | None = opt(
+        None, "Prompt-only data (a 'prompt' field) for HyPO's online samples; default: the prompts "
+        "of the offline pairs in each batch.", group="data")
+    max_length: int = opt(1024, "Maximum tokens of prompt + response; responses are cut to fit.",
+                          group="data")
+    max_prompt_length: int = opt(512, "Maximum prompt tokens; longer prompts keep their last tokens.",
+                                 group="data")
+    skip_invalid_records: bool = opt(
+        False, "Drop malformed records (and report a count per reason) instead of stopping with an "
+        "error that names the file, record and field.", group="data")
+
+    # ---- algorithm ----------------------------------------------------------------------------
+    algo: str = opt("hypo", "Training algorithm: 'hypo' (DPO + reverse-KL penalty on online "
+                    "samples, arXiv 2406.01462) or 'dpo' (offline only).", ALGOS, group="algorithm")
+    beta: float = opt(0.1, "DPO temperature β in h = β·(log-ratio margin).", group="algorithm")
+    loss_type: str = opt("sigmoid", "Offline contrastive loss: 'sigmoid' (DPO), 'ipo', 'hinge'.",
+                         LOSS_TYPES, group="algorithm")
+    label_smoothing: float = opt(0.0, "Conservative DPO: assumed probability that a preference "
+                                 "label is flipped (sigmoid loss only).", group="algorithm")
+    kl_coef: float = opt(0.1, "HyPO's λ: weight of the reverse-KL term KL(π‖π_ref) estimated on "
+                         "online samples. 0 reproduces DPO exactly.", group="algorithm")
+    num_online_samples: int = opt(2, "HyPO's k: responses sampled per online prompt (≥ 2, for the "
+                                  "leave-one-out baseline).", group="algorithm")
+    online_prompts_per_step: int = opt(0, "Online prompts per micro-batch; 0 = one per offline pair "
+                                       "in the micro-batch.", group="algorithm")
+    max_new_tokens: int = opt(64, "Length limit of online samples. Samples cut here bias the KL "
+                              "estimate; their share is logged as online/clipped_ratio.",
+                              group="algorithm")
+    temperature: float = opt(1.0, "Sampling temperature of online samples. Anything but 1 samples "
+                             "from a different policy and biases the KL estimate.", group="algorithm")
+    top_k: int = opt(0, "Top-k truncation of online sampling (0 = off). Truncation biases the KL "
+                     "estimate.", group="algorithm")
+    top_p: float = opt(1.0, "Nucleus truncation of online sampling (1 = off). Biases the KL estimate.",
+                       group="algorithm")
+    precompute_ref_log_probs: bool = opt(
+        True, "Compute the reference log-probs of the offline pairs once and cache them on disk "
+        "(keyed by model, tokenizer, data and length fingerprints).", group="algorithm")
+    ref_cache_dir: str | None = opt(None, "Folder of the reference log-prob cache; default "
+                                    "$HYPO_CACHE or ~/.cache/hypo.", group="algorithm")
+
+    # ---- optimisation -------------------------------------------------------------------------
+    learning_rate: float = opt(1e-6, "Peak AdamW learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    adam_beta1: float = opt(0.9, "AdamW β1.")
+    adam_beta2: float = opt(0.999, "AdamW β2.")
+    adam_epsilon: float = opt(1e-8, "AdamW ε.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = no clipping).")
+    lr_scheduler_type: str = opt("linear", "Learning-rate schedule after warm-up.", SCHEDULERS)
+    warmup_steps: int = opt(0, "Linear warm-up steps (overrides warmup_ratio when > 0).")
+    warmup_ratio: float = opt(0.0, "Warm-up as a fraction of the total steps.")
+    per_device_train_batch_size: int = opt(8, "Preference pairs per micro-batch per device.")
+    per_device_eval_batch_size: int = opt(8, "Preference pairs per evaluation batch per device.")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
+    max_steps: int = opt(-1, "Optimizer steps to run; -1 = derive from num_train_epochs.")
+    num_train_epochs: float = opt(1.0, "Passes over the training pairs (when max_steps is -1).")
+    seed: int = opt(42, "Seed of data order, initialisation and online sampling.")
+
+    # ---- logging, evaluation, saving ----------------------------------------------------------
+    output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
+                          "(output_dir/checkpoint-N) go.", group="output")
+    logging_steps: int = opt(1, "Log metrics every N optimizer steps.", group="output")
+    eval_steps: int = opt(0, "Evaluate every N steps (0 = only at the end, if there is eval data).",
+                          group="output")
+    save_steps: int = opt(500, "Write a checkpoint every N steps (0 = only the final model).",
+                          group="output")
+    save_total_limit: int = opt(2, "Checkpoints to keep (the newest); at least 1.", group="output")
+    report_to: str = opt("tensorboard", "Trackers besides the always-on metrics.jsonl: "
+                         "'tensorboard', 'wandb', 'none', 'all', or a comma-separated list.",
+                         group="output")
+    resume_from_checkpoint: str | None = opt(
+        None, "Resume from a checkpoint folder, or 'auto' for the newest one in output_dir.",
+        group="output")
+    disable_progress_bar: bool = opt(False, "Turn off the live progress bar.", group="output")
+
+    # -------------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check ranges and combinations; raise ConfigError naming the field and the fix."""
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}")
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and f.name != "report_to":
+                need(getattr(self, f.name) in choices, f.name, f"must be one of {', '.join(choices)}.")
+        need(self.model_name_or_path is not None, "model_name_or_path",
+             "set --model_name_or_path to a hub id or a local model folder.")
+        need(self.dataset_name is not None, "dataset_name",
+             "set --dataset_name to a preference data file, folder or hub dataset.")
+        need(self.beta > 0, "beta", "must be > 0.")
+        need(self.kl_coef >= 0, "kl_coef", "must be ≥ 0 (0 = plain DPO).")
+        need(self.num_online_samples >= 2, "num_online_samples",
+             "the leave-one-out estimator needs k ≥ 2 samples per prompt.")
+        need(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1.")
+        need(self.temperature > 0, "temperature", "must be > 0.")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1].")
+        need(self.top_k >= 0, "top_k", "must be ≥ 0 (0 = off).")
+        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5).")
+        need(self.label_smoothing == 0 or self.loss_type == "sigmoid", "label_smoothing",
+             "conservative DPO (label smoothing) applies to loss_type 'sigmoid' only.")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0.")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be ≥ 1.")
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be ≥ 1.")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be ≥ 1.")
+        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 or ≥ 1.")
+        need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0.")
+        need(self.max_prompt_length >= 1, "max_prompt_length", "must be ≥ 1.")
+        need(self.max_length > self.max_prompt_length, "max_length",
+             f"must exceed max_prompt_length={self.max_prompt_length} to leave room for a response.")
+        need(0 <= self.eval_split_size < 1, "eval_split_size", "must be in [0, 1).")
+        need(self.save_total_limit >= 1, "save_total_limit", "must be ≥ 1.")
+        need(self.logging_steps >= 1, "logging_steps", "must be ≥ 1.")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1).")
+        for tracker in self.trackers():
+            need(tracker in TRACKERS, "report_to", f"unknown tracker {tracker!r}; use "
+                 "tensorboard, wandb, none or all.")
+        return self
+
+    def trackers(self) -> list[str]:
+        """report_to as a list ('all' = tensorboard + wandb, 'none' = []). JSONL is always on."""
+        names = [t.strip() for t in str(self.report_to).split(",") if t.strip()]
+        if "all" in names:
+            return ["tensorboard", "wandb"]
+        return [n for n in names if n not in ("none", "jsonl")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                              f"run `hypo train --help` for the list.")
+        values = {}
+        for name, value in data.items():
+            values[name] = coerce(value, known[name], source)
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist.") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
+        return cls.from_dict(data, source=str(path))
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The plain Python type of a config field (str for Optional[str])."""
+    text = str(f.type)
+    for name, typ in (("bool", bool), ("int", int), ("float", float)):
+        if text.startswith(name):
+            return typ
+    return str
+
+
+def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise ConfigError naming it."""
+    typ = field_type(f)
+    if value is None:
+        return None
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if typ is str and isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {f.name}={value!r} is not a valid {typ.__name__}.") from None
+
+
+# Settings that change results: resuming with any of these changed is refused.
+RESULT_FIELDS = (
+    "model_name_or_path", "tokenizer_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha",
+    "lora_dropout", "lora_target_modules", "dataset_name", "dataset_split", "eval_dataset_name",
+    "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length",
+    "skip_invalid_records", "algo", "beta", "loss_type", "label_smoothing", "kl_coef",
+    "num_online_samples", "online_prompts_per_step", "max_new_tokens", "temperature", "top_k",
+    "top_p", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
+    "seed",
+)
