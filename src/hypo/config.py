@@ -45,8 +45,6 @@ class TrainConfig:
                          "with the adapter disabled: no second copy of the weights.", group="model")
     lora_r: int = opt(16, "LoRA rank.", group="model")
     lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", group="model")
-    lora_dropout: float = opt(0.0, "LoRA dropout. Non-zero dropout makes policy log-probs noisy; "
-                              "0 keeps the step-0 KL exactly 0.", group="model")
     lora_target_modules: str = opt("all-linear", "Modules that get LoRA adapters: 'all-linear' or a "
                                    "comma-separated list of module names.", group="model")
     merge_adapter: bool = opt(False, "With use_peft, also save the adapter merged into the base "
@@ -137,6 +135,14 @@ class TrainConfig:
     resume_from_checkpoint: str | None = opt(
         None, "Resume from a checkpoint folder, or 'auto' for the newest one in output_dir.",
         group="output")
+    eval_online_prompts: int = opt(32, "Eval prompts whose online samples estimate eval_kl/online "
+                                   "(k each; 0 = skip).", group="output")
+    nonfinite_policy: str = opt("error", "On a NaN/inf loss or gradient norm the update is never "
+                                "applied; 'error' stops naming the step and records, 'skip' skips "
+                                "the step and counts it (train/skipped_nonfinite).", ("error", "skip"),
+                                group="output")
+    max_consecutive_nonfinite: int = opt(5, "With nonfinite_policy 'skip', stop after this many "
+                                         "non-finite steps in a row.", group="output")
     disable_progress_bar: bool = opt(False, "Turn off the live progress bar.", group="output")
 
     # -------------------------------------------------------------------------------------------
@@ -260,7 +266,7 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
 # Settings that change results: resuming with any of these changed is refused.
 RESULT_FIELDS = (
     "model_name_or_path", "tokenizer_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha",
-    "lora_dropout", "lora_target_modules", "dataset_name", "dataset_split", "eval_dataset_name",
+    "lora_target_modules", "dataset_name", "dataset_split", "eval_dataset_name",
     "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length",
     "skip_invalid_records", "algo", "beta", "loss_type", "label_smoothing", "kl_coef",
     "num_online_samples", "online_prompts_per_step", "max_new_tokens", "temperature", "top_k",

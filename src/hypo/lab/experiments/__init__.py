@@ -1,0 +1,1 @@
+"""The three coverage-lab experiments; each ``run(...)`` returns a JSON-able dict."""

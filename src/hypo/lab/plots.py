@@ -1,0 +1,124 @@
+"""Figures for the three experiments (matplotlib, Agg backend). Each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"dpo": "tab:red", "rlhf": "tab:blue", "hypo": "tab:green", "hypo-sampled": "tab:olive",
+          "dpo-tabular": "tab:gray"}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def separation(res: dict, out: Path) -> list[Path]:
+    paths = []
+    # 1. global coverage: TV to π* along training, and HyPO's λ sweep.
+    g = res["global"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, run in g["runs"].items():
+        ax[0].semilogy(run["steps"], [max(v, 1e-16) for v in run["tv_to_star"]], label=name,
+                       color=COLORS[name])
+    ax[0].set(xlabel=f"step ({g['optimizer']}, tabular)", ylabel="TV(π, π*)",
+              title="global coverage: distance to π*")
+    ax[0].legend()
+    sw = g["hypo_lambda_sweep"]
+    ax[1].loglog([s["lam"] for s in sw], [s["tv_to_star"] for s in sw], "o-", color=COLORS["hypo"])
+    ax[1].axhline(1e-3, ls=":", color="k", lw=0.8)
+    ax[1].set(xlabel="λ", ylabel="TV(π_HyPO, π*) at the end", title="HyPO's optimum → π* as λ → 0")
+    paths.append(_save(fig, out / "separation_global.png"))
+
+    # 2. the counterexample family.
+    c = res["counterexample"]
+    fam = c["family"]
+    cs = [f["c"] for f in fam]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(cs, [f["dpo_loss_minus_star"] for f in fam], color=COLORS["dpo"])
+    ax[0].set(xlabel="c", ylabel="L_dpo(π_c) − L_dpo(π*)", title="DPO loss: flat in c")
+    ax[0].set_ylim(-1e-9, 1e-9)
+    ax[1].plot(cs, [f["kl"] for f in fam], label="KL(π_c‖π_ref)")
+    ax[1].axhline(c["kl_bound"], ls="--", color="k", lw=0.8, label="log 1/π_ref(u)")
+    ax[1].axhline(c["ball"]["radius"], ls=":", color="tab:green", lw=0.8, label="KL ball radius")
+    ax[1].plot(cs, [f["gold_reward"] for f in fam], label="gold E[r]")
+    ax[1].set(xlabel="c", title="reverse KL grows, gold reward falls")
+    ax[1].legend(fontsize=8)
+    ax[2].plot(cs, [f["rlhf_objective"] - c["rlhf_star_objective"] for f in fam], color=COLORS["rlhf"],
+               label="RLHF: J_r̂(π_c) − J_r̂(π*)  (↑ better)")
+    ax[2].plot(cs, [f["hypo_loss"] - c["hypo_star_loss"] for f in fam], color=COLORS["hypo"],
+               label="HyPO: L(π_c) − L(π*)  (↓ better)")
+    ax[2].axhline(0, color="k", lw=0.5)
+    ax[2].set(xlabel="c", title="RLHF / HyPO objectives tell π_c from π*")
+    ax[2].legend(fontsize=8)
+    paths.append(_save(fig, out / "separation_counterexample.png"))
+
+    # 3. trajectories under partial coverage (log-linear).
+    t = res["trajectories"]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, run in t["runs"].items():
+        name, opt = key.split("/")
+        ls = "-" if opt == "gd" else "--"
+        lab = f"{name} ({run['optimizer']})"
+        ax[0].plot(run["steps"], run["kl"], ls, color=COLORS[name], label=lab)
+        ax[1].plot(run["steps"], run["ood_mass"], ls, color=COLORS[name])
+        ax[2].plot(run["steps"], run["gold_reward"], ls, color=COLORS[name])
+    ax[0].axhline(res["counterexample"]["kl_bound"], ls=":", color="k", lw=0.8)
+    ax[0].set(xlabel="step", ylabel="KL(π‖π_ref)", title="partial coverage, log-linear: reverse KL")
+    ax[0].legend(fontsize=7)
+    ax[1].set(xlabel="step", ylabel="π(u)", title="mass on the uncovered bad response u")
+    ax[2].set(xlabel="step", ylabel="gold E[r]", title="gold reward")
+    paths.append(_save(fig, out / "separation_trajectories.png"))
+    return paths
+
+
+def extrapolation(res: dict, out: Path) -> list[Path]:
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for i, name in enumerate(("dpo", "rlhf", "dpo-tabular")):
+        for opt, ls in (("gd", "-"), ("adam", "--")):
+            run = res["runs"][f"{name}/{opt}"]
+            ax[i].plot(run["steps"], run["p_best"], ls, color="tab:purple", label=f"π(best, not in data) {opt}")
+            ax[i].plot(run["steps"], run["p_chosen"], ls, color="tab:blue", label=f"avg π(preferred in data) {opt}")
+            ax[i].plot(run["steps"], run["p_rejected"], ls, color="tab:orange", label=f"avg π(dispreferred) {opt}")
+        ax[i].set(xlabel="step", title=f"{name} ({res['runs'][f'{name}/gd']['policy_class']})", yscale="log")
+        ax[i].set_ylim(1e-4, 1.5)
+    ax[0].set_ylabel("probability")
+    ax[0].legend(fontsize=7)
+    return [_save(fig, out / "extrapolation.png")]
+
+
+def ood_mass(res: dict, out: Path) -> list[Path]:
+    s = res["shown"]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, run in s["runs"].items():
+        name, opt = key.split("/")
+        ax[0].plot(run["steps"], run["ood_ratio"], "-" if opt == "gd" else "--", color=COLORS[name],
+                   label=f"{name} ({run['optimizer']})")
+    ax[0].axhline(s["gd_dpo_limit_ratio"], ls=":", color=COLORS["dpo"], lw=0.8, label="GD-DPO limit (closed form)")
+    ax[0].axhline(s["pi_star_ratio"], ls=":", color="k", lw=0.8, label="π*")
+    ax[0].set(xlabel="step", ylabel="π(out-of-data) / π_ref(out-of-data)",
+              title=f"tabular: {s['ref']}, {s['pattern']}, spread {s['spread']:g}")
+    ax[0].legend(fontsize=7)
+    # grid: final DPO ratio per condition, GD vs Adam.
+    labels, gd, adam, hy = [], [], [], []
+    for g in res["grid"]:
+        labels.append(f"{g['ref']}/{g['pattern']}/{g['spread']:g}")
+        gd.append(g["runs"]["dpo/gd"]["final_ratio"])
+        adam.append(g["runs"]["dpo/adam"]["final_ratio"])
+        hy.append(g["runs"]["hypo/gd"]["final_ratio"])
+    y = range(len(labels))
+    ax[1].scatter(gd, y, color=COLORS["dpo"], marker="o", label="DPO, GD")
+    ax[1].scatter(adam, y, color=COLORS["dpo"], marker="x", label="DPO, Adam")
+    ax[1].scatter(hy, y, color=COLORS["hypo"], marker="s", s=12, label="HyPO, GD")
+    ax[1].axvline(1.0, color="k", lw=0.6)
+    ax[1].set_yticks(list(y), labels, fontsize=6)
+    ax[1].set(xscale="log", xlabel="final out-of-data mass / π_ref's", title="all conditions")
+    ax[1].legend(fontsize=7)
+    return [_save(fig, out / "ood_mass.png")]

@@ -1,0 +1,96 @@
+"""On-policy sampling for HyPO's KL term: k responses per prompt from the current weights.
+
+Uses transformers ``generate`` with its KV cache. Randomness comes from an explicit, seeded
+``torch.Generator`` owned by the sampler (its state is saved in checkpoints): the global RNG is
+forked around ``generate`` so sampling neither consumes nor depends on anyone else's randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class OnlineSamples:
+    """P prompts × k samples, flattened prompt-major (row p*k + i is sample i of prompt p)."""
+
+    prompt_ids: list[list[int]]  # length P*k (each prompt repeated k times)
+    response_ids: list[list[int]]  # length P*k; ends with a stop token unless clipped
+    clipped: list[bool]  # hit max_new_tokens without a stop token
+    k: int
+
+    @property
+    def mean_length(self) -> float:
+        return sum(map(len, self.response_ids)) / max(len(self.response_ids), 1)
+
+    @property
+    def clipped_ratio(self) -> float:
+        return sum(self.clipped) / max(len(self.clipped), 1)
+
+
+class OnlineSampler:
+    """Draws k samples per prompt at the configured temperature / truncation.
+
+    Temperature ≠ 1, top_k > 0, top_p < 1 and clipping at max_new_tokens all make the KL estimate
+    biased (the samples no longer come from π); they are allowed but flagged where they are set.
+    """
+
+    def __init__(self, tokenizer, k: int, max_new_tokens: int, seed: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, stop_token_ids: list[int] | None = None):
+        self.tokenizer = tokenizer
+        self.k, self.max_new_tokens = k, max_new_tokens
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        stops = list(stop_token_ids or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+            stops.append(tokenizer.eos_token_id)
+        if not stops:
+            raise ValueError("online sampling needs a stop token: the tokenizer has no eos_token.")
+        self.stop_token_ids = stops
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def unbiased(self) -> bool:
+        return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    @torch.no_grad()
+    def sample(self, model: torch.nn.Module, prompts: list[list[int]]) -> OnlineSamples:
+        """Generate k responses for each prompt (token-id lists). model: the current policy."""
+        from transformers import GenerationConfig
+
+        device = next(model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):  # left padding: generation continues at the right edge
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        gen_config = GenerationConfig(
+            do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens, num_return_sequences=self.k,
+            pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True,
+        )
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.generator.get_state())
+            if device.type == "cuda":  # derive the CUDA stream from our generator, deterministically
+                torch.cuda.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 generation_config=gen_config)
+            self.generator.set_state(torch.get_rng_state())
+        new_tokens = out[:, width:].tolist()
+        responses, clipped = [], []
+        for tokens in new_tokens:
+            cut = next((i for i, t in enumerate(tokens) if t in self.stop_token_ids), None)
+            responses.append(tokens if cut is None else tokens[: cut + 1])
+            clipped.append(cut is None)
+        repeated = [p for p in prompts for _ in range(self.k)]
+        return OnlineSamples(repeated, responses, clipped, self.k)

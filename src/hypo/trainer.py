@@ -1,0 +1,453 @@
+"""The HyPO / DPO training loop on accelerate (arXiv 2406.01462, Algorithm 1).
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches. Each micro-batch:
+
+1. takes B offline pairs (their reference log-probs come from the on-disk cache);
+2. HyPO: samples k responses per online prompt from the current policy (own seeded generator);
+3. runs ONE policy forward over [chosen | rejected | samples] and one no-grad reference forward
+   over the samples only;
+4. loss = mean ℓ_dpo + λ·L_kl (``losses.hypo_loss``); backward.
+
+Then clip, check for non-finite values (never applied to the weights), step, log, evaluate, save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .batching import IndexStream, pack_samples, pack_step
+from .config import RESULT_FIELDS, ConfigError, TrainConfig
+from .data import (DataError, TokenizedPair, encode_prompt, fingerprint, fingerprint_pairs,
+                   load_preferences, load_prompts, split_eval, tokenize_pairs)
+from .logprobs import sequence_logps
+from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
+from .modeling import PolicyPair, build_policy, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .progress import console, step_progress
+from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
+from .sampling import OnlineSampler
+from .tracking import MetricsLogger
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm was NaN/inf; the update was not applied."""
+
+
+class Interrupted(SystemExit):
+    """Raised after a checkpoint was written in answer to SIGTERM/SIGINT (exit 143 / 130)."""
+
+
+@dataclass
+class RunData:
+    """Tokenized inputs of a run and what happened to the raw records."""
+
+    tokenizer: object
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    prompts: list[list[int]] | None  # separate online prompts, or None = prompts of the pairs
+    report: dict = field(default_factory=dict)
+
+
+def prepare_data(cfg: TrainConfig) -> RunData:
+    """Load, validate and tokenize everything; fails with DataError before any model loads."""
+    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path)
+    train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_split, cfg.skip_invalid_records)
+    report = {"train_records": len(train_ex), "dropped_invalid": dropped}
+    if cfg.eval_dataset_name:
+        eval_ex, eval_dropped = load_preferences(cfg.eval_dataset_name, cfg.dataset_split,
+                                                 cfg.skip_invalid_records)
+        report["eval_dropped_invalid"] = eval_dropped
+    else:
+        train_ex, eval_ex = split_eval(train_ex, cfg.eval_split_size, cfg.seed)
+    train, stats = tokenize_pairs(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    evals, eval_stats = tokenize_pairs(eval_ex, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    report["train_tokenize"], report["eval_tokenize"] = vars(stats), vars(eval_stats)
+    if not train:
+        raise DataError(f"{cfg.dataset_name}: no usable preference pair is left after validation "
+                        f"and truncation ({report}).")
+    prompts = None
+    if cfg.prompt_dataset_name:
+        prompt_ex, prompt_dropped = load_prompts(cfg.prompt_dataset_name, cfg.dataset_split,
+                                                 cfg.skip_invalid_records)
+        prompts = [encode_prompt(p.prompt, tokenizer)[-cfg.max_prompt_length:] for p in prompt_ex]
+        report["prompt_records"], report["prompt_dropped_invalid"] = len(prompts), prompt_dropped
+    report["train_pairs"], report["eval_pairs"] = len(train), len(evals)
+    return RunData(tokenizer, train, evals, prompts, report)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: RunData | None = None):
+        self.cfg = cfg.validate()
+        self.data = data or prepare_data(cfg)
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        torch.manual_seed(cfg.seed)
+        self.hypo = cfg.algo == "hypo"
+        need_ref = self.hypo or cfg.eval_online_prompts > 0 or not cfg.precompute_ref_log_probs
+        self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref)
+        if self.pair.reference is not None:
+            self.pair.reference.to(self.acc.device)
+        tok = self.data.tokenizer
+        self.pad = tok.pad_token_id
+        self.sampler = OnlineSampler(tok, cfg.num_online_samples, cfg.max_new_tokens, cfg.seed + 1,
+                                     cfg.temperature, cfg.top_k, cfg.top_p, self._stop_ids())
+        if self.hypo and not self.sampler.unbiased:
+            console.print("[yellow]warning:[/] temperature/top_k/top_p other than 1/0/1 sample from "
+                          "a different policy: the online KL estimate and its gradient are biased.")
+        self.fingerprints = {
+            "weights": weights_fingerprint(self.pair.policy), "tokenizer": tokenizer_fingerprint(tok),
+            "train": fingerprint_pairs(self.data.train), "eval": fingerprint_pairs(self.data.eval),
+            "prompts": fingerprint(self.data.prompts or [])}
+        self.ref_train = self._reference_logps(self.data.train, "train")
+        self.ref_eval = self._reference_logps(self.data.eval, "eval")
+
+        world = self.acc.num_processes
+        self.global_batch = cfg.per_device_train_batch_size * world
+        per_step = self.global_batch * cfg.gradient_accumulation_steps
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+            1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
+        trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+        self.model, self.optimizer = self.acc.prepare(self.pair.policy, optimizer)
+        from transformers import get_scheduler
+
+        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * self.total_steps)
+        name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler_type, cfg.lr_scheduler_type)
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.total_steps)
+        self.pairs_stream = IndexStream(len(self.data.train), cfg.seed)
+        self.prompt_stream = IndexStream(len(self.data.prompts), cfg.seed + 7) if self.data.prompts else None
+        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self._signal = None
+
+    # ---- set-up helpers -----------------------------------------------------------------------
+    def _stop_ids(self) -> list[int]:
+        from transformers import GenerationConfig
+
+        try:
+            eos = GenerationConfig.from_pretrained(self.cfg.model_name_or_path).eos_token_id
+        except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is enough
+            eos = None
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    def _reference_logps(self, pairs: list[TokenizedPair], name: str) -> torch.Tensor:
+        if not pairs:
+            return torch.empty(0, 2)
+        cfg = self.cfg
+        key = cache_key(self.fingerprints["weights"], self.fingerprints["tokenizer"],
+                        self.fingerprints[name], cfg.dtype)
+        cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
+
+        # Called before any update, so without a held reference the policy itself is π_ref.
+        policy = self.pair.policy.to(self.acc.device)
+        ref_fn = self.pair.reference_logps if self.pair.reference or self.pair.is_peft else (
+            lambda batch: torch.no_grad()(sequence_logps)(policy, batch))
+
+        def compute() -> torch.Tensor:
+            with step_progress(f"reference log-probs ({name})", len(pairs),
+                               cfg.disable_progress_bar or not self.acc.is_main_process) as advance:
+                return compute_reference_logps(pairs, ref_fn, self.pad, cfg.per_device_eval_batch_size,
+                                               self.acc.device, progress=lambda n: advance(n))
+
+        if not cfg.precompute_ref_log_probs:
+            return compute()
+        with self.acc.main_process_first():
+            logps, cached = load_or_compute(key, cache_dir, compute)
+        self.data.report[f"ref_cache_{name}"] = "reused" if cached else "computed"
+        return logps
+
+    # ---- one micro-batch ----------------------------------------------------------------------
+    def _micro_step(self, indices: list[int], prompts: list[list[int]] | None, ref: torch.Tensor,
+                    pairs: list[TokenizedPair], train: bool) -> tuple[torch.Tensor, dict]:
+        """Loss and metrics (sums over the micro-batch) for pairs[indices] and online prompts."""
+        cfg, device = self.cfg, self.acc.device
+        batch_pairs = [pairs[i] for i in indices]
+        samples = None
+        if prompts is not None:
+            samples = self.sampler.sample(self.acc.unwrap_model(self.model), prompts)
+        batch = pack_step(batch_pairs, samples if train else None, self.pad).to(device)
+        with torch.set_grad_enabled(train):
+            logps = sequence_logps(self.model, batch)
+        b = len(batch_pairs)
+        ref_pairs = ref[indices].to(device)
+        out = preference_loss(logps[:b], logps[b: 2 * b], ref_pairs[:, 0], ref_pairs[:, 1],
+                              cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
+                 "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
+                 "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
+                 "logps/chosen": logps[:b].detach().sum(), "logps/rejected": logps[b: 2 * b].detach().sum(),
+                 "loss/dpo": out.losses.detach().sum()}
+        stats = {k: float(v) for k, v in stats.items()}
+        stats["pairs"] = b
+        kl_loss = None
+        if samples is not None:
+            online = pack_samples(samples, self.pad).to(device)
+            ref_online = self.pair.reference_logps(online, self.acc.unwrap_model(self.model))
+            pol_online = logps[2 * b:] if train else sequence_logps(self.model, online)
+            shape = (len(prompts), samples.k)
+            kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
+            kl, _ = reverse_kl_estimate(pol_online, ref_online)
+            # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
+            # value is not a KL; only its gradient is meaningful.)
+            stats.update({"loss/kl": cfg.kl_coef * kl if self.hypo else 0.0, "kl/online": kl, "online/length": samples.mean_length,
+                          "online/clipped_ratio": samples.clipped_ratio, "online_groups": 1})
+        loss = hypo_loss(out.losses, kl_loss if self.hypo else None, cfg.kl_coef)
+        return loss, stats
+
+    def _online_prompts(self, micro: int, indices: list[int]) -> list[list[int]] | None:
+        if not self.hypo:
+            return None
+        if self.prompt_stream is None:
+            return [self.data.train[i].prompt_ids for i in indices]
+        count = self.cfg.online_prompts_per_step or self.cfg.per_device_train_batch_size
+        world, rank = self.acc.num_processes, self.acc.process_index
+        start = (micro * world + rank) * count
+        return [self.data.prompts[i] for i in self.prompt_stream.take(start, count)]
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        out_dir = Path(cfg.output_dir)
+        if cfg.resume_from_checkpoint:
+            self._resume(cfg.resume_from_checkpoint)
+        if acc.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(out_dir / "hypo_config.json")
+            (out_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2) + "\n")
+        self.logger = MetricsLogger(out_dir, cfg.trackers(), cfg.to_dict(), enabled=acc.is_main_process)
+        self.logger.truncate_after(self.step)
+        self._install_signal_handlers()
+        accum, b = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
+        last_eval = {}
+        try:
+            with step_progress("training", self.total_steps, cfg.disable_progress_bar
+                               or not acc.is_main_process, completed=self.step) as advance:
+                while self.step < self.total_steps:
+                    started = time.perf_counter()
+                    totals: dict[str, float] = {}
+                    losses = []
+                    for micro in range(accum):
+                        m = self.step * accum + micro  # global micro-batch counter (data cursor)
+                        start = m * self.global_batch + acc.process_index * b
+                        indices = self.pairs_stream.take(start, b)
+                        prompts = self._online_prompts(m, indices)
+                        sync = micro == accum - 1
+                        ctx = acc.no_sync(self.model) if not sync else _null()
+                        with ctx:
+                            loss, stats = self._micro_step(indices, prompts, self.ref_train,
+                                                           self.data.train, train=True)
+                            acc.backward(loss / accum)
+                        losses.append(float(loss.detach()))
+                        for k, v in stats.items():
+                            totals[k] = totals.get(k, 0.0) + v
+                        self._last_indices = indices
+                    metrics = self._finish_step(totals, losses)
+                    metrics["step_time"] = time.perf_counter() - started
+                    self.step += 1
+                    if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                        self.logger.log(metrics, self.step)
+                    advance(1, f"loss {metrics['loss']:.4f}" +
+                            (f"  kl {metrics['kl/online']:.3f}" if "kl/online" in metrics else ""))
+                    if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.data.eval:
+                        last_eval = self.evaluate()
+                        self.logger.log(last_eval, self.step)
+                    if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                        self.save_checkpoint()
+                    if self._signal is not None:
+                        self.save_checkpoint()
+                        raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
+            if self.data.eval and (not cfg.eval_steps or self.step % cfg.eval_steps):
+                last_eval = self.evaluate()
+                self.logger.log(last_eval, self.step)
+            self.save_model()
+        finally:
+            self.logger.close()
+            self._restore_signal_handlers()
+        return {"step": self.step, **last_eval}
+
+    def _finish_step(self, totals: dict, losses: list[float]) -> dict:
+        """Clip, guard against non-finite values, apply the update; returns the step's metrics."""
+        cfg, acc = self.cfg, self.acc
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.max_grad_norm > 0:
+            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        grad_norm = float(grad_norm)
+        loss = sum(losses) / len(losses)
+        lr = self.scheduler.get_last_lr()[0]
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            records = [self.data.train[i].index for i in self._last_indices]
+            if cfg.nonfinite_policy == "error":
+                raise NonFiniteError(f"step {self.step + 1}: non-finite loss ({loss}) or gradient norm "
+                                     f"({grad_norm}); the update was not applied. Records of the last "
+                                     f"micro-batch: {records}. Lower learning_rate, check the data, or "
+                                     "set nonfinite_policy=skip.")
+            self.skipped += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= cfg.max_consecutive_nonfinite:
+                raise NonFiniteError(f"step {self.step + 1}: {self.consecutive_skips} non-finite steps in "
+                                     f"a row (records {records}); stopping.")
+        else:
+            self.consecutive_skips = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        totals = self._reduce(totals)
+        n = totals.pop("pairs")
+        groups = totals.pop("online_groups", 0)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr}
+        for k, v in totals.items():
+            metrics[k] = v / (groups if k in ONLINE_KEYS else n)
+        # `loss` is the objective's value: mean ℓ_dpo + λ·KL estimate (exactly DPO's loss for DPO).
+        metrics["loss"] = metrics["loss/dpo"] + metrics.get("loss/kl", 0.0)
+        metrics["epoch"] = (self.step + 1) * cfg.gradient_accumulation_steps * self.global_batch / len(self.data.train)
+        metrics["train/skipped_nonfinite"] = self.skipped
+        return metrics
+
+    def _reduce(self, totals: dict) -> dict:
+        if self.acc.num_processes == 1:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.acc.device)
+        t = self.acc.reduce(t, reduction="sum")
+        return dict(zip(keys, t.tolist()))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """DPO metrics on the eval pairs and the online reverse-KL estimate on eval prompts."""
+        cfg, pairs = self.cfg, self.data.eval
+        totals: dict[str, float] = {}
+        bs = cfg.per_device_eval_batch_size
+        for start in range(0, len(pairs), bs):
+            idx = list(range(start, min(start + bs, len(pairs))))
+            loss, stats = self._micro_step(idx, None, self.ref_eval, pairs, train=False)
+            stats["loss"] = stats["loss/dpo"]
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+        n = totals.pop("pairs")
+        metrics = {f"eval_{k}": v / n for k, v in totals.items()}
+        if cfg.eval_online_prompts > 0:
+            metrics.update(self.online_kl([p.prompt_ids for p in pairs[: cfg.eval_online_prompts]],
+                                          prefix="eval_"))
+        return metrics
+
+    @torch.no_grad()
+    def online_kl(self, prompts: list[list[int]], prefix: str = "") -> dict:
+        """Reverse KL(π‖π_ref) estimated on fresh samples, with a generator seeded the same way at
+        every call so successive evaluations are comparable."""
+        cfg = self.cfg
+        sampler = OnlineSampler(self.data.tokenizer, cfg.num_online_samples, cfg.max_new_tokens,
+                                cfg.seed + 2, cfg.temperature, cfg.top_k, cfg.top_p, self.sampler.stop_token_ids)
+        model = self.acc.unwrap_model(self.model)
+        samples = sampler.sample(model, prompts)
+        batch = pack_samples(samples, self.pad).to(self.acc.device)
+        kl, se = reverse_kl_estimate(sequence_logps(model, batch), self.pair.reference_logps(batch, model))
+        return {f"{prefix}kl/online": kl, f"{prefix}kl/online_stderr": se,
+                f"{prefix}online/length": samples.mean_length,
+                f"{prefix}online/clipped_ratio": samples.clipped_ratio}
+
+    # ---- saving and resuming ------------------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        model = self.acc.unwrap_model(self.model)
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path | None:
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return None
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+                 "sampler": self.sampler.state_dict(), "skipped": self.skipped,
+                 "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict()}
+        return ckpt.save_checkpoint(self.cfg.output_dir, self.step, self._trainable(), state,
+                                    self.fingerprints, self.cfg.save_total_limit)
+
+    def _resume(self, spec: str) -> None:
+        folder = ckpt.resolve_checkpoint(spec, self.cfg.output_dir)
+        if folder is None:
+            console.print(f"no checkpoint in {self.cfg.output_dir}: starting from step 0")
+            return
+        manifest, trainable, state = ckpt.load_checkpoint(folder)
+        old = state["config"]
+        changed = [f for f in RESULT_FIELDS if old.get(f) != getattr(self.cfg, f)]
+        changed += [f"fingerprint:{k}" for k, v in manifest["fingerprints"].items()
+                    if self.fingerprints.get(k) != v]
+        if changed:
+            raise ConfigError(f"cannot resume from {folder}: these settings differ from the run that "
+                              f"wrote it: {', '.join(changed)}. Restore them or start a new output_dir.")
+        params = self._trainable()
+        missing = set(params) ^ set(trainable)
+        if missing:
+            raise ckpt.CheckpointError(f"{folder}: parameter names differ: {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(trainable[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step, self.skipped = state["step"], state["skipped"]
+        self.consecutive_skips = state["consecutive_skips"]
+        console.print(f"resumed from {folder} at step {self.step}")
+
+    def save_model(self) -> None:
+        """Final model with save_pretrained (adapter, and merged on request) plus its tokenizer."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        out = Path(self.cfg.output_dir)
+        model = self.acc.unwrap_model(self.model)
+        model.save_pretrained(out)
+        self.data.tokenizer.save_pretrained(out)
+        if self.pair.is_peft and self.cfg.merge_adapter:
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(out / "merged")
+            self.data.tokenizer.save_pretrained(out / "merged")
+
+    # ---- signals ------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+
+        def handler(signum, _frame):
+            if self._signal is None:  # a second signal while saving changes nothing
+                self._signal = signum
+                console.print(f"[yellow]signal {signum}: finishing this step, then checkpointing[/]")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+
+ONLINE_KEYS = ("loss/kl", "kl/online", "online/length", "online/clipped_ratio")
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Validate, load and train; the library entry point behind ``hypo train``."""
+    return Trainer(cfg).train()

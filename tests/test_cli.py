@@ -1,0 +1,86 @@
+"""The `hypo` command line: help, YAML + flags, errors, an end-to-end `hypo train`."""
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from hypo.cli import main, make_parser
+from hypo.config import ConfigError, TrainConfig
+
+
+def help_text(capsys, *argv):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_train_help_documents_every_option(capsys):
+    text = help_text(capsys, "train")
+    for f in fields(TrainConfig):
+        assert f"--{f.name}" in text, f.name
+    assert "--config" in text and "HyPO" in text
+
+
+def test_yaml_then_flags(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("model_name_or_path: m\ndataset_name: d.jsonl\nbeta: 0.3\nuse_peft: true\n"
+                        "report_to: [tensorboard]\n")
+    args = make_parser().parse_args(["train", "--config", str(cfg_file), "--beta", "0.2",
+                                     "--max_steps", "7"])
+    from hypo.cli import build_config
+
+    cfg = build_config(args)
+    assert (cfg.beta, cfg.max_steps, cfg.use_peft, cfg.model_name_or_path) == (0.2, 7, True, "m")
+    assert cfg.trackers() == ["tensorboard"]
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("betta: 0.1\n")
+    with pytest.raises(ConfigError, match="betta"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match="num_online_samples"):
+        TrainConfig(model_name_or_path="m", dataset_name="d", num_online_samples=1).validate()
+    with pytest.raises(ConfigError, match="beta"):
+        TrainConfig.from_dict({"beta": "high"})
+
+
+def test_bad_data_fails_before_anything_is_written(tiny, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": "b"}) + "\n" +
+                    json.dumps({"prompt": "hi", "chosen": "", "rejected": "b"}) + "\n")
+    out = tmp_path / "out"
+    code = main(["train", "--model_name_or_path", str(tiny["model"]), "--dataset_name", str(data),
+                 "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl" in err and "record 1" in err and "chosen" in err
+    assert not out.exists()
+
+
+def test_hypo_train_end_to_end(tiny, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "--model_name_or_path", str(tiny["model"]), "--dataset_name",
+                 str(tiny["data"]), "--output_dir", str(out), "--max_steps", "3",
+                 "--learning_rate", "1e-3", "--max_new_tokens", "6", "--report_to", "tensorboard",
+                 "--ref_cache_dir", str(tmp_path / "cache"), "--disable_progress_bar",
+                 "--eval_split_size", "0.1", "--eval_online_prompts", "4"])
+    assert code == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    names = set().union(*rows)
+    for name in ("loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected",
+                 "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+                 "loss/dpo", "loss/kl", "kl/online", "online/length", "online/clipped_ratio",
+                 "eval_rewards/margins", "eval_kl/online"):
+        assert name in names, name
+    # TensorBoard: read the event file back and find the metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "rewards/margins", "kl/online"} <= tags
+    assert len(events.Scalars("loss")) == 3
