@@ -36,7 +36,7 @@ TRL 1.16 quirks this file works around (read from trl/trainer/dpo_{trainer,confi
 - TRL shuffles with its own sampler and hypo with ``IndexStream``, so the trainer-level runs use a
   batch of the whole dataset: every step sees every pair, and the means do not depend on order.
 
-Tokenization difference found (not hidden, see the xfail test at the end): when the prompt text
+Tokenization difference found (documented in docs/data.md): when the prompt text
 ends in whitespace and the response starts without it — the layout of ``hypo.tiny``'s own
 ``synthetic_preferences`` ("Say red blue: " + "red blue") — a byte-level BPE merges the space into
 the first response word in TRL's ``prompt + response`` encoding, so TRL's prompt loses its trailing
@@ -87,7 +87,7 @@ def boundary_clean(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def parity(tmp_path_factory):
     root = tmp_path_factory.mktemp("trl_parity")
     paths = make_tiny_setup(root, n_train=32, seed=0)
     records = boundary_clean(synthetic_preferences(N_PAIRS, seed=5))
@@ -175,10 +175,10 @@ def assert_close(hypo: dict, trl_values: dict, keys=METRICS, tol=TOL) -> float:
 # ---- 1. function level --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("max_length", [64, 7], ids=["no-truncation", "responses-truncated"])
-def test_first_batch_matches_trl_compute_loss(setup, max_length):
-    tok = load_tokenizer(setup["model"])
-    records = setup["records"]
-    reference = load_causal_lm(setup["model"])
+def test_first_batch_matches_trl_compute_loss(parity, max_length):
+    tok = load_tokenizer(parity["model"])
+    records = parity["records"]
+    reference = load_causal_lm(parity["model"])
     policy = perturbed(reference)
     # hypo's copies, taken before TRL patches `forward` (fused LM head) and wraps the models.
     hypo_policy, hypo_reference = copy.deepcopy(policy), copy.deepcopy(reference)
@@ -197,7 +197,7 @@ def test_first_batch_matches_trl_compute_loss(setup, max_length):
         assert stats.truncated_responses == 0
 
     batch_size = 4
-    args = dpo_config(setup["root"] / f"trl-fn-{max_length}", batch_size, max_length)
+    args = dpo_config(parity["root"] / f"trl-fn-{max_length}", batch_size, max_length)
     trainer = trl_trainer(policy, reference, tok, records, args)
 
     # (a) Tokenization: TRL's untruncated per-record ids == hypo's, record by record.
@@ -257,14 +257,14 @@ def test_first_batch_matches_trl_compute_loss(setup, max_length):
 
 # ---- 2. trainer level ---------------------------------------------------------------------------
 
-def test_trainer_steps_match_trl_trainer(setup, tmp_path):
+def test_trainer_steps_match_trl_trainer(parity, tmp_path):
     from hypo.trainer import Trainer
 
     lr, steps, max_length = 1e-3, 2, 64
-    tok = load_tokenizer(setup["model"])
+    tok = load_tokenizer(parity["model"])
 
     cfg = TrainConfig(
-        model_name_or_path=setup["model"], dataset_name=setup["data"], algo="dpo", beta=BETA,
+        model_name_or_path=parity["model"], dataset_name=parity["data"], algo="dpo", beta=BETA,
         loss_type="sigmoid", learning_rate=lr, max_steps=steps, per_device_train_batch_size=N_PAIRS,
         gradient_accumulation_steps=1, max_length=max_length, max_prompt_length=max_length - 1,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=0,
@@ -275,7 +275,7 @@ def test_trainer_steps_match_trl_trainer(setup, tmp_path):
 
     # ref_model=None and precompute off: TRL loads a second copy of the model from the path.
     args = dpo_config(tmp_path / "trl", N_PAIRS, max_length, learning_rate=lr, max_steps=steps)
-    trainer = trl_trainer(setup["model"], None, tok, setup["records"], args)
+    trainer = trl_trainer(parity["model"], None, tok, parity["records"], args)
     assert trainer.model.dtype == torch.float32
     trainer.train()
     trl_log = {m["step"]: m for m in trainer.state.log_history if "rewards/chosen" in m}
@@ -293,22 +293,3 @@ def test_trainer_steps_match_trl_trainer(setup, tmp_path):
 
 
 # ---- the known tokenization difference ------------------------------------------------------------
-
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "hypo tokenizes prompt and response separately; TRL tokenizes prompt+response jointly and splits "
-    "at the common prefix. With a prompt ending in a space (hypo.tiny's synthetic format), BPE merges "
-    "the space into the first response word only in TRL's encoding."))
-def test_tokenization_matches_trl_when_prompt_ends_in_space(setup):
-    tok = load_tokenizer(setup["model"])
-    records = synthetic_preferences(4, seed=5)  # prompt "Say a b: ", chosen "a b"
-    assert records[0]["prompt"].endswith(" ")
-    reference = load_causal_lm(setup["model"])
-    args = dpo_config(setup["root"] / "trl-tok", 2, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = trl_trainer(copy.deepcopy(reference), reference, tok, records, args).train_dataset
-    examples, _ = parse_preferences(records, "parity")
-    pairs, _ = tokenize_pairs(examples, tok, max_length=64, max_prompt_length=32)
-    for i, pair in enumerate(pairs):
-        assert (ds[i]["prompt_ids"], ds[i]["chosen_ids"], ds[i]["rejected_ids"]) == (
-            pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)

@@ -78,12 +78,14 @@ def synthetic_preferences(n: int, seed: int = 0, conversational: bool = False) -
         said = rng.sample(WORDS, 2)
         other = rng.sample([w for w in WORDS if w not in said], 2)
         prompt, chosen, rejected = f"Say {said[0]} {said[1]}:", " ".join(said), " ".join(other)
+        # Standard format: the separating space starts the response (as in TL;DR data), so the
+        # prompt ends on a token boundary and separate / joint tokenization agree.
         if conversational:
             records.append({"prompt": [{"role": "user", "content": prompt}],
                             "chosen": [{"role": "assistant", "content": chosen}],
                             "rejected": [{"role": "assistant", "content": rejected}]})
         else:
-            records.append({"prompt": prompt + " ", "chosen": chosen, "rejected": rejected})
+            records.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
     return records
 
 

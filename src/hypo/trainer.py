@@ -25,8 +25,9 @@ import torch
 from . import checkpoint as ckpt
 from .batching import IndexStream, pack_samples, pack_step
 from .config import RESULT_FIELDS, ConfigError, TrainConfig
-from .data import (DataError, TokenizedPair, encode_prompt, fingerprint, fingerprint_pairs,
-                   load_preferences, load_prompts, split_eval, tokenize_pairs)
+from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
+                   load_preferences, load_prompts, split_eval, tokenize_pairs,
+                   tokenize_prompts)
 from .logprobs import sequence_logps
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .modeling import PolicyPair, build_policy, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
@@ -76,7 +77,7 @@ def prepare_data(cfg: TrainConfig) -> RunData:
     if cfg.prompt_dataset_name:
         prompt_ex, prompt_dropped = load_prompts(cfg.prompt_dataset_name, cfg.dataset_split,
                                                  cfg.skip_invalid_records)
-        prompts = [encode_prompt(p.prompt, tokenizer)[-cfg.max_prompt_length:] for p in prompt_ex]
+        prompts = tokenize_prompts(prompt_ex, tokenizer, cfg.max_prompt_length)
         report["prompt_records"], report["prompt_dropped_invalid"] = len(prompts), prompt_dropped
     report["train_pairs"], report["eval_pairs"] = len(train), len(evals)
     return RunData(tokenizer, train, evals, prompts, report)
