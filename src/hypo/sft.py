@@ -30,6 +30,6 @@ def sft(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[i
             loss.backward()
             optimizer.step()
             schedule.step()
-            history.append(float(loss))
+            history.append(float(loss.detach()))
             advance(1, f"nll {history[-1]:.3f}")
     return history

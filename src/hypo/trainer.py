@@ -84,15 +84,18 @@ def prepare_data(cfg: TrainConfig) -> RunData:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: RunData | None = None):
+    def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None):
+        """eval_hook: optional callable(trainer) -> dict of extra eval metrics (logged as eval_*)."""
         self.cfg = cfg.validate()
+        self.eval_hook = eval_hook
         self.data = data or prepare_data(cfg)
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed)
         self.hypo = cfg.algo == "hypo"
-        need_ref = self.hypo or cfg.eval_online_prompts > 0 or not cfg.precompute_ref_log_probs
+        need_ref = (self.hypo or cfg.eval_online_prompts > 0 or not cfg.precompute_ref_log_probs
+                    or eval_hook is not None)
         self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref)
         if self.pair.reference is not None:
             self.pair.reference.to(self.acc.device)
@@ -341,6 +344,8 @@ class Trainer:
         if cfg.eval_online_prompts > 0:
             metrics.update(self.online_kl([p.prompt_ids for p in pairs[: cfg.eval_online_prompts]],
                                           prefix="eval_"))
+        if self.eval_hook is not None:
+            metrics.update({f"eval_{k}": v for k, v in self.eval_hook(self).items()})
         return metrics
 
     @torch.no_grad()
