@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _write(path: Path, writer) -> None:
+    """Every checkpoint file goes through here (tests inject failures and delays at this point)."""
+    delay = float(os.environ.get("HYPO_TEST_CHECKPOINT_DELAY", "0") or 0)
+    if delay:  # test hook: widen the window in which a kill lands mid-write
+        time.sleep(delay)
+    writer(path)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -69,13 +78,13 @@ def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torc
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()},
-              staging / "trainable.safetensors")
-    torch.save(state, staging / "trainer_state.pt")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+    _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
+    _write(staging / "trainer_state.pt", lambda path: torch.save(state, path))
     files = sorted(p.name for p in staging.iterdir())
     manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
                 "files": {name: _sha256(staging / name) for name in files}}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
     for name in files + [MANIFEST]:
         _fsync(staging / name)
     if final.exists():  # an older, complete copy of the same step: replace it
@@ -141,7 +150,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
         raise CheckpointError(f"{folder} is not a complete checkpoint.")
     trainable = load_file(folder / "trainable.safetensors")
     state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    for key in ("optimizer", "scheduler", "rng", "sampler", "step"):
+    for key in ("optimizer", "scheduler", "rng", "sampler", "step", "data_cursor"):
         if key not in state:
             raise CheckpointError(f"{folder}: trainer state lacks '{key}'; it cannot resume exactly.")
     return manifest, trainable, state

@@ -97,6 +97,14 @@ class TrainConfig:
                      "estimate.", group="algorithm")
     top_p: float = opt(1.0, "Nucleus truncation of online sampling (1 = off). Biases the KL estimate.",
                        group="algorithm")
+    generation_backend: str = opt(
+        "transformers", "Engine of HyPO's online samples: 'transformers' (generate, the default) or "
+        "'vllm' (GPU only, pip install 'hypo[vllm]'; the policy's current weights are synced into "
+        "vLLM before every sampling round; not yet checked on a GPU by the project).",
+        ("transformers", "vllm"), group="algorithm")
+    vllm_gpu_memory_utilization: float = opt(
+        0.3, "With generation_backend 'vllm': share of GPU memory vLLM may take (the rest is left "
+        "to training).", group="algorithm")
     precompute_ref_log_probs: bool = opt(
         True, "Compute the reference log-probs of the offline pairs once and cache them on disk "
         "(keyed by model, tokenizer, data and length fingerprints).", group="algorithm")
@@ -143,6 +151,9 @@ class TrainConfig:
                                 group="output")
     max_consecutive_nonfinite: int = opt(5, "With nonfinite_policy 'skip', stop after this many "
                                          "non-finite steps in a row.", group="output")
+    log_online_samples: bool = opt(False, "Write every online sample's token ids to "
+                                   "output_dir/online_samples.jsonl (one line per step).",
+                                   group="output")
     disable_progress_bar: bool = opt(False, "Turn off the live progress bar.", group="output")
 
     # -------------------------------------------------------------------------------------------
@@ -184,6 +195,8 @@ class TrainConfig:
         need(self.save_total_limit >= 1, "save_total_limit", "must be ≥ 1.")
         need(self.logging_steps >= 1, "logging_steps", "must be ≥ 1.")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1).")
+        need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
+             "must be in (0, 1].")
         for tracker in self.trackers():
             need(tracker in TRACKERS, "report_to", f"unknown tracker {tracker!r}; use "
                  "tensorboard, wandb, none or all.")

@@ -47,17 +47,35 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records logged after the checkpoint's step (they will be redone)."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        if self.enabled:
+            truncate_jsonl(self.path, step)
 
     def close(self) -> None:
         if self.tb:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the records of a JSONL log with "step" ≤ step; a torn last line (killed mid-write) goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def _plain(value):

@@ -30,11 +30,13 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    tokenize_prompts)
 from .logprobs import sequence_logps
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
+from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
-from .tracking import MetricsLogger
+from .tracking import MetricsLogger, append_jsonl, truncate_jsonl
+from .vllm_backend import make_sampler
 
 
 class NonFiniteError(RuntimeError):
@@ -101,8 +103,7 @@ class Trainer:
             self.pair.reference.to(self.acc.device)
         tok = self.data.tokenizer
         self.pad = tok.pad_token_id
-        self.sampler = OnlineSampler(tok, cfg.num_online_samples, cfg.max_new_tokens, cfg.seed + 1,
-                                     cfg.temperature, cfg.top_k, cfg.top_p, self._stop_ids())
+        self.sampler = make_sampler(cfg, tok, self._stop_ids())  # transformers or vLLM backend
         if self.hypo and not self.sampler.unbiased:
             console.print("[yellow]warning:[/] temperature/top_k/top_p other than 1/0/1 sample from "
                           "a different policy: the online KL estimate and its gradient are biased.")
@@ -178,6 +179,8 @@ class Trainer:
         samples = None
         if prompts is not None:
             samples = self.sampler.sample(self.acc.unwrap_model(self.model), prompts)
+            if train and self.cfg.log_online_samples:
+                self._step_samples.extend(samples.response_ids)
         batch = pack_step(batch_pairs, samples if train else None, self.pad).to(device)
         with torch.set_grad_enabled(train):
             logps = sequence_logps(self.model, batch)
@@ -229,6 +232,9 @@ class Trainer:
             (out_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2) + "\n")
         self.logger = MetricsLogger(out_dir, cfg.trackers(), cfg.to_dict(), enabled=acc.is_main_process)
         self.logger.truncate_after(self.step)
+        samples_log = out_dir / "online_samples.jsonl"
+        if cfg.log_online_samples and acc.is_main_process:
+            truncate_jsonl(samples_log, self.step)
         self._install_signal_handlers()
         accum, b = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
         last_eval = {}
@@ -239,6 +245,7 @@ class Trainer:
                     started = time.perf_counter()
                     totals: dict[str, float] = {}
                     losses = []
+                    self._step_samples, self._step_records = [], []
                     for micro in range(accum):
                         m = self.step * accum + micro  # global micro-batch counter (data cursor)
                         start = m * self.global_batch + acc.process_index * b
@@ -253,10 +260,12 @@ class Trainer:
                         losses.append(float(loss.detach()))
                         for k, v in stats.items():
                             totals[k] = totals.get(k, 0.0) + v
-                        self._last_indices = indices
+                        self._step_records += [self.data.train[i].index for i in indices]
                     metrics = self._finish_step(totals, losses)
                     metrics["step_time"] = time.perf_counter() - started
                     self.step += 1
+                    if cfg.log_online_samples and acc.is_main_process:
+                        append_jsonl(samples_log, {"step": self.step, "response_ids": self._step_samples})
                     if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
                         self.logger.log(metrics, self.step)
                     advance(1, f"loss {metrics['loss']:.4f}" +
@@ -264,10 +273,11 @@ class Trainer:
                     if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.data.eval:
                         last_eval = self.evaluate()
                         self.logger.log(last_eval, self.step)
-                    if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                    if cfg.save_steps and self.step % cfg.save_steps == 0:
                         self.save_checkpoint()
                     if self._signal is not None:
-                        self.save_checkpoint()
+                        if not (cfg.save_steps and self.step % cfg.save_steps == 0):
+                            self.save_checkpoint()
                         raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
             if self.data.eval and (not cfg.eval_steps or self.step % cfg.eval_steps):
                 last_eval = self.evaluate()
@@ -291,12 +301,12 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            records = [self.data.train[i].index for i in self._last_indices]
+            records = sorted(set(self._step_records))
             if cfg.nonfinite_policy == "error":
                 raise NonFiniteError(f"step {self.step + 1}: non-finite loss ({loss}) or gradient norm "
-                                     f"({grad_norm}); the update was not applied. Records of the last "
-                                     f"micro-batch: {records}. Lower learning_rate, check the data, or "
-                                     "set nonfinite_policy=skip.")
+                                     f"({grad_norm}); the update was not applied. Records of this step "
+                                     f"(indices in {cfg.dataset_name}): {records}. Lower learning_rate, "
+                                     "check those records, or set nonfinite_policy=skip.")
             self.skipped += 1
             self.consecutive_skips += 1
             if self.consecutive_skips >= cfg.max_consecutive_nonfinite:
@@ -364,6 +374,12 @@ class Trainer:
                 f"{prefix}online/clipped_ratio": samples.clipped_ratio}
 
     # ---- saving and resuming ------------------------------------------------------------------
+    def _data_cursor(self, step: int) -> dict:
+        """Where the data streams stand after `step` optimizer steps (pairs and online prompts)."""
+        micro = step * self.cfg.gradient_accumulation_steps
+        return {"pairs": micro * self.global_batch, "micro_batches": micro,
+                "pairs_in_data": len(self.data.train)}
+
     def _trainable(self) -> dict[str, torch.Tensor]:
         model = self.acc.unwrap_model(self.model)
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -372,7 +388,8 @@ class Trainer:
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return None
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "data_cursor": self._data_cursor(self.step),
+                 "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "sampler": self.sampler.state_dict(), "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict()}
@@ -403,6 +420,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
+        if state["data_cursor"] != self._data_cursor(state["step"]):
+            raise ckpt.CheckpointError(f"{folder}: data cursor {state['data_cursor']} does not match "
+                                       f"step {state['step']} under this batch layout.")
         self.step, self.skipped = state["step"], state["skipped"]
         self.consecutive_skips = state["consecutive_skips"]
         console.print(f"resumed from {folder} at step {self.step}")
@@ -416,12 +436,15 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         model.save_pretrained(out)
         self.data.tokenizer.save_pretrained(out)
+        metrics = final_metrics(out)  # last logged training metrics + last eval, from metrics.jsonl
+        write_model_card(out, self.cfg, metrics, self.data.report)
         if self.pair.is_peft and self.cfg.merge_adapter:
             import copy
 
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(out / "merged")
             self.data.tokenizer.save_pretrained(out / "merged")
+            write_model_card(out / "merged", self.cfg, metrics, self.data.report)
 
     # ---- signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:

@@ -1,0 +1,123 @@
+"""Model card: a README.md written next to every saved model (Hugging Face card format).
+
+It records the base model, the data, the algorithm, the hyper-parameters that change results, the
+final metrics and the citation of HyPO (Song, Swamy, Singh, Bagnell, Sun, arXiv 2406.01462).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+CITATION = """@inproceedings{song2024importance,
+  title     = {The Importance of Online Data: Understanding Preference Fine-tuning via Coverage},
+  author    = {Song, Yuda and Swamy, Gokul and Singh, Aarti and Bagnell, J. Andrew and Sun, Wen},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024},
+  eprint    = {2406.01462},
+  archivePrefix = {arXiv}
+}"""
+
+HYPERPARAMETERS = (
+    "algo", "beta", "kl_coef", "loss_type", "label_smoothing", "num_online_samples",
+    "online_prompts_per_step", "max_new_tokens", "temperature", "top_k", "top_p",
+    "generation_backend", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
+    "weight_decay", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_steps", "num_train_epochs", "max_length", "max_prompt_length", "dtype", "use_peft",
+    "lora_r", "lora_alpha", "lora_target_modules", "seed",
+)
+
+
+def final_metrics(output_dir: str | Path) -> dict:
+    """The last logged training metrics and the last eval metrics from ``metrics.jsonl``."""
+    path = Path(output_dir) / "metrics.jsonl"
+    train, evals = {}, {}
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a torn last line
+            continue
+        if any(k.startswith("eval_") for k in row):
+            evals = row
+        elif "loss" in row:
+            train = row
+    return {**train, **{k: v for k, v in evals.items() if k != "step"}}
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return f"`{v}`" if isinstance(v, str) else str(v)
+
+
+def _algorithm(cfg) -> str:
+    if cfg.algo == "hypo":
+        return (f"**HyPO** (Hybrid Preference Optimization, arXiv 2406.01462): DPO's loss on the "
+                f"offline pairs (β = {cfg.beta}, loss `{cfg.loss_type}`) plus λ = {cfg.kl_coef} times "
+                f"the reverse KL(π‖π_ref) estimated on k = {cfg.num_online_samples} fresh, unlabeled "
+                f"samples of the current policy per prompt (leave-one-out baseline; samples up to "
+                f"{cfg.max_new_tokens} new tokens, temperature {cfg.temperature}).")
+    return (f"**DPO** (Rafailov et al. 2023), offline only: β = {cfg.beta}, loss `{cfg.loss_type}`"
+            + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "") + ".")
+
+
+def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) -> Path:
+    """Write ``folder/README.md`` for a model trained with ``cfg`` (a TrainConfig).
+
+    metrics: final metrics (name -> number); data_report: the run's data_report.json contents.
+    Returns the path written. Overwrites a README.md that save_pretrained (peft) may have left.
+    """
+    folder = Path(folder)
+    merged = folder.name == "merged"
+    adapter = cfg.use_peft and not merged
+    tags = ["hypo", cfg.algo, "preference-optimization", "arxiv:2406.01462"]
+    front = ["---", f"base_model: {cfg.model_name_or_path}",
+             f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
+    front += [f"- {t}" for t in tags]
+    if cfg.dataset_name and not Path(cfg.dataset_name).exists():
+        front += ["datasets:", f"- {cfg.dataset_name}"]
+    front += ["---", ""]
+    kind = "a LoRA adapter" if adapter else ("the LoRA adapter merged into the base weights" if merged
+                                             else "a fully fine-tuned model")
+    lines = [f"# {folder.resolve().name if not merged else folder.resolve().parent.name + ' (merged)'}",
+             "", f"This is {kind}, trained from `{cfg.model_name_or_path}` with "
+             f"[hypo](https://arxiv.org/abs/2406.01462) ({cfg.algo.upper()}).", "",
+             "## Base model", "", f"`{cfg.model_name_or_path}`"
+             + (f" (tokenizer `{cfg.tokenizer_name_or_path}`)" if cfg.tokenizer_name_or_path else ""),
+             "", "## Data", "",
+             f"- preference pairs: `{cfg.dataset_name}` (split `{cfg.dataset_split}`)"]
+    for key, label in (("train_pairs", "training pairs"), ("eval_pairs", "evaluation pairs"),
+                       ("dropped_invalid", "invalid records dropped"),
+                       ("prompt_records", "online prompts")):
+        if key in data_report:
+            lines.append(f"- {label}: {data_report[key]}")
+    if cfg.prompt_dataset_name:
+        lines.append(f"- online prompts from `{cfg.prompt_dataset_name}`")
+    lines += ["", "## Algorithm", "", _algorithm(cfg), "", "## Hyper-parameters", "",
+              "| setting | value |", "|---|---|"]
+    lines += [f"| {name} | {_value(getattr(cfg, name))} |" for name in HYPERPARAMETERS
+              if hasattr(cfg, name)]
+    lines += ["", "## Final metrics", ""]
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+    if shown:
+        step = metrics.get("step")
+        lines += ([f"After step {step} (last logged training metrics and last evaluation)."]
+                  if step is not None else []) + ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_value(v)} |" for k, v in sorted(shown.items())]
+    else:
+        lines.append("No metrics were logged.")
+    load = ("from peft import AutoPeftModelForCausalLM\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{folder}\")") if adapter else (
+            "from transformers import AutoModelForCausalLM\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{folder}\")")
+    lines += ["", "## Use", "", "```python", load, "```", "",
+              "Evaluate it against its reference with `hypo eval` (reverse KL, reward model, win "
+              "rate) and inspect coverage with `hypo coverage`.", "",
+              "## Citation", "", "```bibtex", CITATION, "```", ""]
+    path = folder / "README.md"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(front + lines))
+    return path
