@@ -129,3 +129,31 @@ def test_gradient_accumulation_matches_big_batch(base_config):
         params[(bs, acc)] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     for name, p in params[(8, 1)].items():
         assert torch.allclose(p, params[(2, 4)][name], atol=1e-5, rtol=0), name
+
+
+def test_separate_prompt_dataset_feeds_online_samples(base_config, tmp_path):
+    import json as _json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(_json.dumps({"prompt": f"Say {w} {w}:"}) + "\n"
+                               for w in ("red", "blue", "cat", "dog", "sun")))
+    cfg = base_config(algo="hypo", max_steps=2, prompt_dataset_name=str(prompts),
+                      online_prompts_per_step=3, num_online_samples=2, log_online_samples=True)
+    trainer = Trainer(cfg)
+    assert len(trainer.data.prompts) == 5
+    trainer.train()
+    logged = [_json.loads(x) for x in (tmp_path / "out" / "online_samples.jsonl").read_text().splitlines()]
+    assert [len(x["response_ids"]) for x in logged] == [6, 6]  # 3 prompts × k=2 per step
+
+
+def test_bfloat16_and_cosine_warmup_run(base_config):
+    cfg = base_config(algo="hypo", max_steps=4, dtype="bfloat16", lr_scheduler_type="cosine",
+                      warmup_steps=2)
+    trainer = Trainer(cfg)
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    trainer.train()
+    rows = read_metrics(cfg.output_dir)
+    lrs = [r["learning_rate"] for r in rows if "learning_rate" in r]
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[3] < lrs[2]  # warm-up to the peak, then cosine decay
+    assert lrs[2] == cfg.learning_rate
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)

@@ -111,6 +111,7 @@ class Trainer:
             "weights": weights_fingerprint(self.pair.policy), "tokenizer": tokenizer_fingerprint(tok),
             "train": fingerprint_pairs(self.data.train), "eval": fingerprint_pairs(self.data.eval),
             "prompts": fingerprint(self.data.prompts or [])}
+        self._print_data_report()
         self.ref_train = self._reference_logps(self.data.train, "train")
         self.ref_eval = self._reference_logps(self.data.eval, "eval")
 
@@ -135,6 +136,21 @@ class Trainer:
         self._signal = None
 
     # ---- set-up helpers -----------------------------------------------------------------------
+    def _print_data_report(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        r = self.data.report
+        tok = r.get("train_tokenize", {})
+        line = (f"data: {r['train_pairs']} training pairs, {r['eval_pairs']} eval pairs; "
+                f"prompts truncated {tok.get('truncated_prompts', 0)}, responses truncated "
+                f"{tok.get('truncated_responses', 0)}, dropped identical after truncation "
+                f"{tok.get('dropped_identical', 0)}")
+        if r.get("dropped_invalid"):
+            line += f"; dropped invalid records {r['dropped_invalid']}"
+        if self.data.prompts is not None:
+            line += f"; {len(self.data.prompts)} online prompts"
+        console.print(line)
+
     def _stop_ids(self) -> list[int]:
         from transformers import GenerationConfig
 
