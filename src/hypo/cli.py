@@ -4,6 +4,9 @@
     hypo tiny --out DIR                              build a tiny local model + preference file
     hypo demo [--quick]                              DPO vs HyPO on a task with a gold reward
     hypo lab [separation|extrapolation|ood-mass]     the coverage lab (exact small-scale theory)
+    hypo eval --model DIR --prompts FILE [...]       KL, reward, win rate of a trained model
+    hypo coverage --dataset FILE --ref_model M       how well preference data covers π_ref / π
+    hypo bench [--quick|--sweep]                     speed vs TRL, HyPO vs DPO, FLOP utilisation
 """
 
 from __future__ import annotations
@@ -94,6 +97,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalSettings, run_eval
+    from .progress import console
+
+    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    result = run_eval(settings)
+    kl = result["kl"]
+    line = f"reverse KL {kl['estimate']:.4f} ± {kl['stderr']:.4f}"
+    if result["reward"]:
+        line += f", win rate vs reference {result['reward']['win_rate']:.3f}"
+    console.print(f"[green]done[/]: {line}; eval.json and report.md in {settings.out}")
+    return 0
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage import CoverageSettings, run_coverage
+    from .progress import console
+
+    settings = CoverageSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    result = run_coverage(settings)
+    tail = result["tail_share"]
+    line = f"chosen / rejected in π_ref's low tail: {tail['chosen']:.2f} / {tail['rejected']:.2f}"
+    if result["policy"]:
+        line += f"; KL {result['policy']['kl']:.3f}, beyond radius " \
+                f"{result['policy']['share_samples_beyond_radius']:.2f}"
+    console.print(f"[green]done[/]: {line}; coverage.json and report.md in {settings.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_from_args
+
+    return run_from_args(args)
+
+
+def _add_common_eval_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """Options shared by `hypo eval` and `hypo coverage`."""
+    p.add_argument("--out", default=out, help="output folder for the JSON, report.md and plots")
+    p.add_argument("--split", default="train", help="split of hub datasets / saved folders")
+    p.add_argument("--samples_per_prompt", type=int, help="samples per prompt from each model")
+    p.add_argument("--max_new_tokens", type=int, default=64, help="length limit of samples (samples "
+                   "cut here bias the KL estimate; their share is reported)")
+    p.add_argument("--max_prompt_length", type=int, default=512, help="prompts keep their last N tokens")
+    p.add_argument("--batch_size", type=int, default=8, help="prompts per generation call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samplers")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="weights dtype")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:0', ...")
+    p.add_argument("--disable_progress_bar", action="store_true", help="no live progress bars")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hypo", description="HyPO (arXiv 2406.01462) and DPO preference fine-tuning of causal "
@@ -134,6 +188,65 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num_online_samples", type=int, help="HyPO's k (default: 2)")
     demo.add_argument("--n_pairs", type=int, help="offline preference pairs per regime (default: 1024)")
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="evaluate a trained model against its reference: reverse KL, "
+                        "reward-model score, win rate, lengths, samples",
+                        description="Sample from a trained model and its reference on a prompt set; "
+                        "report the reverse KL(π‖π_ref) with its standard error, response lengths and "
+                        "clipped share, a sample table and, with --reward_model, mean scores and the "
+                        "win rate against the reference (ties ½). Writes eval.json, report.md and "
+                        "plots to --out. See docs/eval.md.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--model", required=True, help="trained model folder or hub id, or a LoRA adapter "
+                    "folder (its base is read from adapter_config.json)")
+    ev.add_argument("--ref_model", help="reference (SFT) model; default for an adapter: its base "
+                    "model with the adapter disabled; required for a full model")
+    ev.add_argument("--prompts", required=True, help="prompt set: JSONL/JSON/Parquet/CSV file, saved "
+                    "datasets folder or hub name with a 'prompt' field (preference files work too)")
+    ev.add_argument("--reward_model", help="AutoModelForSequenceClassification (num_labels=1) folder or "
+                    "hub id with its own tokenizer; responses are decoded and re-tokenized for it")
+    ev.add_argument("--num_prompts", type=int, default=64, help="first N prompts (0 = all)")
+    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (≠ 1 biases "
+                    "the KL estimate)")
+    ev.add_argument("--reward_max_length", type=int, default=1024, help="reward-model input limit in "
+                    "its own tokens (the start of the prompt is cut first)")
+    ev.add_argument("--table_rows", type=int, default=8, help="rows of the sample table")
+    _add_common_eval_arguments(ev, "hypo-eval")
+    ev.set_defaults(func=cmd_eval, samples_per_prompt=2)
+
+    cov = sub.add_parser("coverage", help="coverage diagnostics of a preference dataset under a "
+                         "reference model and optionally a policy",
+                         description="How well the preference data covers what the reference and the "
+                         "policy say: π_ref's log-likelihood of the chosen/rejected responses vs its "
+                         "own samples, the distribution of log π − log π_ref over the policy's samples "
+                         "and the share beyond --kl_radius. Writes coverage.json, report.md (with a "
+                         "'what this means' section) and plots. See docs/coverage.md.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cov.add_argument("--dataset", required=True, help="preference data (prompt/chosen/rejected, "
+                     "standard or conversational), any source `hypo train` accepts")
+    cov.add_argument("--ref_model", help="reference (SFT) model folder or hub id; default for an "
+                     "adapter --model: its base model")
+    cov.add_argument("--model", help="trained policy (folder, hub id or LoRA adapter folder); "
+                     "optional: without it only the data-vs-reference part is computed")
+    cov.add_argument("--num_pairs", type=int, default=64, help="first N pairs (0 = all)")
+    cov.add_argument("--kl_radius", type=float, default=1.0, help="radius in nats: samples with "
+                     "log π − log π_ref above it count as outside the KL ball around π_ref")
+    cov.add_argument("--max_length", type=int, default=1024, help="prompt + response token limit of "
+                     "the data (as in `hypo train`)")
+    _add_common_eval_arguments(cov, "hypo-coverage")
+    cov.set_defaults(func=cmd_coverage, samples_per_prompt=4)
+
+    bench = sub.add_parser("bench", help="speed: hypo vs TRL on the same work, HyPO vs DPO, FLOP "
+                           "utilisation, peak memory; --sweep for scaling figures",
+                           description="Time hypo DPO / HyPO against TRL's DPOTrainer and RLOOTrainer on "
+                           "the same locally built Llama-style models, data, batch, lengths and threads "
+                           "(each mode in its own process, rounds alternated, warm-up excluded, medians "
+                           "with min and max); print a table and write bench.json. See "
+                           "benchmarks/README.md.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .bench.cli import add_arguments as _bench_arguments
+
+    _bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
 
     sub.add_parser("lab", help="the coverage lab: the paper's theory, exactly, on finite response "
                    "spaces (see `hypo lab --help`)", add_help=False)

@@ -73,7 +73,9 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     folder = Path(folder)
     merged = folder.name == "merged"
     adapter = cfg.use_peft and not merged
-    tags = ["hypo", cfg.algo, "preference-optimization", "arxiv:2406.01462"]
+    name = "HyPO" if cfg.algo == "hypo" else "DPO"
+    tags = ["hypo", "dpo"] if cfg.algo == "dpo" else ["hypo"]
+    tags += ["preference-optimization", "arxiv:2406.01462"]
     front = ["---", f"base_model: {cfg.model_name_or_path}",
              f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
     front += [f"- {t}" for t in tags]
@@ -84,7 +86,7 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
                                              else "a fully fine-tuned model")
     lines = [f"# {folder.resolve().name if not merged else folder.resolve().parent.name + ' (merged)'}",
              "", f"This is {kind}, trained from `{cfg.model_name_or_path}` with "
-             f"[hypo](https://arxiv.org/abs/2406.01462) ({cfg.algo.upper()}).", "",
+             f"[hypo](https://arxiv.org/abs/2406.01462) ({name}).", "",
              "## Base model", "", f"`{cfg.model_name_or_path}`"
              + (f" (tokenizer `{cfg.tokenizer_name_or_path}`)" if cfg.tokenizer_name_or_path else ""),
              "", "## Data", "",
@@ -92,8 +94,11 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     for key, label in (("train_pairs", "training pairs"), ("eval_pairs", "evaluation pairs"),
                        ("dropped_invalid", "invalid records dropped"),
                        ("prompt_records", "online prompts")):
-        if key in data_report:
-            lines.append(f"- {label}: {data_report[key]}")
+        value = data_report.get(key)
+        if isinstance(value, dict):  # drops per reason
+            value = f"{sum(value.values())}" + (f" ({value})" if value else "")
+        if value is not None:
+            lines.append(f"- {label}: {value}")
     if cfg.prompt_dataset_name:
         lines.append(f"- online prompts from `{cfg.prompt_dataset_name}`")
     lines += ["", "## Algorithm", "", _algorithm(cfg), "", "## Hyper-parameters", "",

@@ -1,0 +1,39 @@
+"""A README.md model card next to every saved model (final and merged)."""
+
+from pathlib import Path
+
+from hypo.config import TrainConfig
+from hypo.model_card import CITATION, final_metrics, write_model_card
+from hypo.trainer import Trainer
+
+
+def test_training_writes_a_card_next_to_each_saved_model(base_config):
+    cfg = base_config(algo="hypo", use_peft=True, lora_r=4, merge_adapter=True, max_steps=2,
+                      eval_split_size=0.2, learning_rate=1e-3, kl_coef=0.07)
+    Trainer(cfg).train()
+    out = Path(cfg.output_dir)
+    for folder in (out, out / "merged"):
+        card = (folder / "README.md").read_text()
+        assert f"base_model: {cfg.model_name_or_path}" in card
+        assert cfg.dataset_name in card and "training pairs" in card
+        assert "HyPO" in card and "0.07" in card  # algorithm and λ
+        assert "| beta | 0.1 |" in card and "| learning_rate | 0.001 |" in card
+        assert "| loss |" in card and "| eval_loss |" in card and "| kl/online |" in card
+        assert "2406.01462" in card and "Song, Yuda" in card
+    assert "library_name: peft" in (out / "README.md").read_text()
+    assert "AutoPeftModelForCausalLM" in (out / "README.md").read_text()
+    assert "library_name: transformers" in (out / "merged" / "README.md").read_text()
+    metrics = final_metrics(out)
+    assert metrics["step"] == 2 and "loss" in metrics and "eval_rewards/margins" in metrics
+
+
+def test_card_for_dpo_without_metrics(tmp_path):
+    cfg = TrainConfig(model_name_or_path="EleutherAI/pythia-1.4b-deduped",
+                      dataset_name="trl-lib/tldr-preference", algo="dpo", beta=0.05)
+    path = write_model_card(tmp_path / "m", cfg, {}, {"train_pairs": 10})
+    card = path.read_text()
+    assert card.startswith("---\nbase_model: EleutherAI/pythia-1.4b-deduped\n")
+    assert "datasets:\n- trl-lib/tldr-preference" in card  # a hub dataset goes into the metadata
+    assert "**DPO**" in card and "No metrics were logged." in card and "- training pairs: 10" in card
+    assert CITATION in card
+    assert final_metrics(tmp_path / "nothing") == {}
