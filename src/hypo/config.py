@@ -200,6 +200,11 @@ class TrainConfig:
         for tracker in self.trackers():
             need(tracker in TRACKERS, "report_to", f"unknown tracker {tracker!r}; use "
                  "tensorboard, wandb, none or all.")
+        # Optional engines: fail here, before any data or model loads, naming the extra to install.
+        need("wandb" not in self.trackers() or _installed("wandb"), "report_to",
+             "wandb is not installed: pip install 'hypo[wandb]' (or drop wandb from report_to).")
+        need(self.generation_backend != "vllm" or _installed("vllm"), "generation_backend",
+             "vLLM is not installed: pip install 'hypo[vllm]' (GPU only), or use 'transformers'.")
         return self
 
     def trackers(self) -> list[str]:
@@ -241,6 +246,15 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
         return cls.from_dict(data, source=str(path))
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    import sys
+
+    if module in sys.modules:  # already imported (or blocked with None)
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def field_type(f: dataclasses.Field) -> type:

@@ -94,6 +94,13 @@ class Trainer:
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type == DistributedType.DEEPSPEED and cfg.gradient_accumulation_steps > 1:
+            # DeepSpeed steps inside backward(); hypo's loop accumulates by itself.
+            raise ConfigError("gradient_accumulation_steps > 1 is not supported under DeepSpeed yet: "
+                              "set it to 1 and raise per_device_train_batch_size or the number of "
+                              "processes instead.")
         torch.manual_seed(cfg.seed)
         self.hypo = cfg.algo == "hypo"
         need_ref = (self.hypo or cfg.eval_online_prompts > 0 or not cfg.precompute_ref_log_probs
@@ -103,7 +110,9 @@ class Trainer:
             self.pair.reference.to(self.acc.device)
         tok = self.data.tokenizer
         self.pad = tok.pad_token_id
-        self.sampler = make_sampler(cfg, tok, self._stop_ids())  # transformers or vLLM backend
+        # Each process draws its own stream (seeded apart); all streams are saved in checkpoints.
+        self.sampler = make_sampler(cfg, tok, self._stop_ids(),
+                                    seed=cfg.seed + 1 + 1009 * self.acc.process_index)
         if self.hypo and not self.sampler.unbiased:
             console.print("[yellow]warning:[/] temperature/top_k/top_p other than 1/0/1 sample from "
                           "a different policy: the online KL estimate and its gradient are biased.")
@@ -400,16 +409,25 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights, gathered across processes when sharded (collective call)."""
+        return self.acc.get_state_dict(self.model)
+
     def save_checkpoint(self) -> Path | None:
+        from accelerate.utils import gather_object
+
         self.acc.wait_for_everyone()
+        full = self._full_state_dict()
+        samplers = gather_object([self.sampler.state_dict()])  # one stream per process
         if not self.acc.is_main_process:
             return None
+        trainable = {n: full.get(n, p) for n, p in self._trainable().items()}
         state = {"step": self.step, "data_cursor": self._data_cursor(self.step),
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                 "sampler": self.sampler.state_dict(), "skipped": self.skipped,
+                 "sampler": samplers, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict()}
-        return ckpt.save_checkpoint(self.cfg.output_dir, self.step, self._trainable(), state,
+        return ckpt.save_checkpoint(self.cfg.output_dir, self.step, trainable, state,
                                     self.fingerprints, self.cfg.save_total_limit)
 
     def _resume(self, spec: str) -> None:
@@ -434,7 +452,11 @@ class Trainer:
                 p.copy_(trainable[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+        samplers = state["sampler"] if isinstance(state["sampler"], list) else [state["sampler"]]
+        if len(samplers) != self.acc.num_processes:
+            raise ckpt.CheckpointError(f"{folder} was written by {len(samplers)} process(es); resume "
+                                       f"it with the same number (now {self.acc.num_processes}).")
+        self.sampler.load_state_dict(samplers[self.acc.process_index])
         ckpt.set_rng_state(state["rng"])
         if state["data_cursor"] != self._data_cursor(state["step"]):
             raise ckpt.CheckpointError(f"{folder}: data cursor {state['data_cursor']} does not match "
@@ -446,11 +468,12 @@ class Trainer:
     def save_model(self) -> None:
         """Final model with save_pretrained (adapter, and merged on request) plus its tokenizer."""
         self.acc.wait_for_everyone()
+        full = self._full_state_dict()  # gathered when sharded (FSDP / ZeRO-3)
         if not self.acc.is_main_process:
             return
         out = Path(self.cfg.output_dir)
         model = self.acc.unwrap_model(self.model)
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=full)
         self.data.tokenizer.save_pretrained(out)
         metrics = final_metrics(out)  # last logged training metrics + last eval, from metrics.jsonl
         write_model_card(out, self.cfg, metrics, self.data.report)

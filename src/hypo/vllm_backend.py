@@ -34,15 +34,17 @@ MISSING_EXTRA = ("generation_backend='vllm' needs vLLM, which is not installed. 
                  "transformers (the default).")
 
 
-def make_sampler(cfg, tokenizer, stop_ids: list[int]):
-    """The online sampler that cfg.generation_backend names (transformers by default)."""
+def make_sampler(cfg, tokenizer, stop_ids: list[int], seed: int | None = None):
+    """The online sampler that cfg.generation_backend names (transformers by default).
+    seed: the sampler's own generator seed (default cfg.seed + 1; each process passes its own)."""
+    seed = cfg.seed + 1 if seed is None else seed
     if getattr(cfg, "generation_backend", "transformers") == "vllm":
-        return VLLMSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, cfg.seed + 1,
+        return VLLMSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
                            cfg.temperature, cfg.top_k, cfg.top_p, stop_ids,
                            model_name=cfg.model_name_or_path, dtype=cfg.dtype,
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                            max_model_len=cfg.max_prompt_length + cfg.max_new_tokens)
-    return OnlineSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, cfg.seed + 1,
+    return OnlineSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
                          cfg.temperature, cfg.top_k, cfg.top_p, stop_ids)
 
 
