@@ -55,3 +55,51 @@ def test_gradients_flow_only_through_responses(tiny):
     batch = pack_sequences([[1, 30, 31]], [[50, 2]], 0)
     sequence_logps(model, batch).sum().backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_bucket_rows_partitions_and_reduces_padding():
+    from hypo.logprobs import bucket_rows
+
+    lengths = [120, 118, 60, 61, 59, 119, 30, 31]
+    groups = bucket_rows(lengths, max_buckets=3, overhead_tokens=0)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert padded < len(lengths) * max(lengths)
+    assert [sorted(g) for g in groups] == [[0, 1, 5], [2, 3, 4], [6, 7]]
+    # A large per-forward overhead keeps everything in one forward.
+    assert len(bucket_rows(lengths, max_buckets=3, overhead_tokens=10_000)) == 1
+
+
+def test_bucketed_and_target_only_head_equal_the_plain_forward(tiny):
+    from hypo.logprobs import bucketed_logps, supports_target_only_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    torch.manual_seed(0)
+    prompts = [[1] + torch.randint(10, 300, (n,)).tolist() for n in (3, 20, 4, 25, 5)]
+    responses = [torch.randint(10, 300, (n,)).tolist() + [2] for n in (2, 30, 3, 2, 12)]
+    plain = sequence_logps(model, pack_sequences(prompts, responses, 0))
+    assert supports_target_only_head(model, pack_sequences(prompts, responses, 0))
+    for buckets in (1, 3):
+        for fast in (False, True):
+            got, slots = bucketed_logps(model, prompts, responses, 0, "cpu", buckets, fast)
+            assert torch.allclose(got, plain, atol=1e-5, rtol=1e-6), (buckets, fast)
+    # Gradients agree too.
+    g_plain = torch.autograd.grad(plain.sum(), model.lm_head.weight)[0]
+    got, _ = bucketed_logps(model, prompts, responses, 0, "cpu", 3, True)
+    g_fast = torch.autograd.grad(got.sum(), model.lm_head.weight)[0]
+    assert torch.allclose(g_plain, g_fast, atol=1e-5)
+
+
+def test_scaled_logits_model_keeps_the_full_forward(tiny):
+    from hypo.logprobs import supports_target_only_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    real_forward = model.forward
+
+    def scaled_forward(*args, **kwargs):  # a model whose logits are not head(decoder(x))
+        out = real_forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.forward = scaled_forward
+    assert not supports_target_only_head(model, pack_sequences([[1, 5, 6]], [[7, 2]], 0))

@@ -1,4 +1,4 @@
-"""Deterministic data order and the packing of one micro-batch into a single forward.
+"""Deterministic data order, and packing of online samples.
 
 The order is a pure function of (seed, position in the stream): epoch e visits a permutation drawn
 from seed + e, so a resumed run knows exactly which records come next from the step alone.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from .data import TokenizedPair
 from .logprobs import SequenceBatch, pack_sequences
 from .sampling import OnlineSamples
 
@@ -31,16 +30,6 @@ class IndexStream:
     def take(self, start: int, count: int) -> list[int]:
         """Indices at stream positions start .. start+count-1."""
         return [self._permutation(pos // self.n)[pos % self.n] for pos in range(start, start + count)]
-
-
-def pack_step(pairs: list[TokenizedPair], samples: OnlineSamples | None, pad_token_id: int) -> SequenceBatch:
-    """One right-padded batch: [chosen × B | rejected × B | online samples × P·k]."""
-    prompts = [p.prompt_ids for p in pairs] * 2
-    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    if samples is not None:
-        prompts += samples.prompt_ids
-        responses += samples.response_ids
-    return pack_sequences(prompts, responses, pad_token_id)
 
 
 def pack_samples(samples: OnlineSamples, pad_token_id: int) -> SequenceBatch:

@@ -105,6 +105,9 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = opt(
         0.3, "With generation_backend 'vllm': share of GPU memory vLLM may take (the rest is left "
         "to training).", group="algorithm")
+    length_buckets: int = opt(4, "A micro-batch's sequences (pairs and online samples) run as up to "
+                              "this many forwards of similar length, each padded only to its own "
+                              "longest row (1 = one padded forward).", group="algorithm")
     precompute_ref_log_probs: bool = opt(
         True, "Compute the reference log-probs of the offline pairs once and cache them on disk "
         "(keyed by model, tokenizer, data and length fingerprints).", group="algorithm")
@@ -176,6 +179,7 @@ class TrainConfig:
         need(self.num_online_samples >= 2, "num_online_samples",
              "the leave-one-out estimator needs k ≥ 2 samples per prompt.")
         need(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1.")
+        need(self.length_buckets >= 1, "length_buckets", "must be ≥ 1.")
         need(self.temperature > 0, "temperature", "must be > 0.")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1].")
         need(self.top_k >= 0, "top_k", "must be ≥ 0 (0 = off).")

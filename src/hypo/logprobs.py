@@ -63,17 +63,103 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
+def response_hidden_states(model: torch.nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden (M, H) at the positions that predict response tokens, targets (M,))."""
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 use_cache=False).last_hidden_state
+    mask = batch.response_mask[:, 1:]
+    return hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
+
+
+def sequence_logps(model: torch.nn.Module, batch: SequenceBatch, target_only_head: bool = False) -> torch.Tensor:
     """Sum of response-token log-probs per sequence: (N,) float32, differentiable w.r.t. the model.
 
     The logit at position t predicts token t+1, so the target mask is ``response_mask[:, 1:]``;
-    log-softmax is only evaluated at those positions (prompt and padding logits are skipped).
+    log-softmax is only evaluated at those positions. With ``target_only_head`` the LM head itself
+    runs only there (decoder → hidden states at response positions → head): the (N, T, V) logits,
+    their gradient and the head's work on prompt and padding positions disappear. Only valid for
+    models whose logits are exactly ``head(decoder(x))`` (see ``supports_target_only_head``).
     """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1]
-    targets = batch.input_ids[:, 1:]
     mask = batch.response_mask[:, 1:]
-    per_token = token_logps(logits[mask], targets[mask])
+    if target_only_head:
+        hidden, targets = response_hidden_states(model, batch)
+        per_token = token_logps(model.get_output_embeddings()(hidden), targets)
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        per_token = token_logps(out.logits[:, :-1][mask], batch.input_ids[:, 1:][mask])
     row = torch.nonzero(mask, as_tuple=True)[0]
     result = torch.zeros(batch.input_ids.shape[0], dtype=per_token.dtype, device=per_token.device)
     return result.index_add(0, row, per_token)
+
+
+@torch.no_grad()
+def supports_target_only_head(model: torch.nn.Module, batch: SequenceBatch, tol: float = 1e-4) -> bool:
+    """Whether the decoder + head shortcut reproduces the model's own logits on `batch`.
+
+    Checked on real data rather than by architecture name: models that scale or soft-cap their
+    logits (Gemma 2, Cohere, Granite, ...) or wrap the forward (DDP: its forward must run for
+    gradient synchronisation) fail the check or are excluded, and keep the full forward.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return False
+    try:
+        if model.get_decoder() is None or model.get_output_embeddings() is None:
+            return False
+        fast = sequence_logps(model, batch, target_only_head=True)
+    except Exception:  # noqa: BLE001 - any architecture that does not fit keeps the full forward
+        return False
+    full = sequence_logps(model, batch)
+    return bool(torch.allclose(fast, full, atol=tol, rtol=tol))
+
+
+def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int = 256) -> list[list[int]]:
+    """Split rows into ≤ max_buckets groups of similar length, minimising padded token slots.
+
+    Rows are sorted by length and cut into contiguous groups by dynamic programming over
+    cost = Σ_groups |group|·max_len(group) + overhead_tokens·#groups (the overhead stands for the
+    fixed cost of one more forward). Returns lists of row indices, longest group first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    inf = float("inf")
+    # best[g][j]: min cost of splitting the first j sorted rows into g groups
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0
+    for g in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):  # group = sorted rows i..j-1; its width is lengths[order[i]]
+                cost = best[g - 1][i] + (j - i) * lengths[order[i]] + overhead_tokens
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    g = min(range(1, max_buckets + 1), key=lambda k: best[k][n])
+    groups, j = [], n
+    while g > 0:
+        i = cut[g][j]
+        groups.append(order[i:j])
+        j, g = i, g - 1
+    return groups[::-1]
+
+
+def bucketed_logps(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]],
+                   pad_token_id: int, device, max_buckets: int = 4, target_only_head: bool = False
+                   ) -> tuple[torch.Tensor, int]:
+    """Response log-probs (N,) of all rows, run as a few length-bucketed forwards.
+
+    Every bucket is padded only to its own longest row, so short rows (e.g. online samples next to
+    long offline pairs) stop paying for the long ones. Results are returned in input order; one
+    backward through them covers all buckets. Also returns the number of padded token slots.
+    """
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    parts, index, slots = [], [], 0
+    for rows in bucket_rows(lengths, max_buckets):
+        batch = pack_sequences([prompts[i] for i in rows], [responses[i] for i in rows], pad_token_id)
+        parts.append(sequence_logps(model, batch.to(device), target_only_head))
+        index += rows
+        slots += batch.input_ids.numel()
+    logps = torch.cat(parts)
+    inverse = torch.empty(len(index), dtype=torch.long)
+    inverse[torch.tensor(index)] = torch.arange(len(index))
+    return logps[inverse.to(logps.device)], slots

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .batching import IndexStream, pack_samples, pack_step
+from .batching import IndexStream, pack_samples
 from .config import RESULT_FIELDS, ConfigError, TrainConfig
 from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    load_preferences, load_prompts, split_eval, tokenize_pairs,
                    tokenize_prompts)
-from .logprobs import sequence_logps
+from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
@@ -129,6 +129,7 @@ class Trainer:
         per_step = self.global_batch * cfg.gradient_accumulation_steps
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
+        self.fast_head = self._check_target_only_head()
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
@@ -169,6 +170,15 @@ class Trainer:
             eos = None
         return [eos] if isinstance(eos, int) else list(eos or [])
 
+    def _check_target_only_head(self) -> bool:
+        """Use the LM head on response positions only if it reproduces this model's logits
+        (single process: a DDP wrapper's forward must run for gradient synchronisation)."""
+        if self.acc.num_processes > 1 or not self.data.train:
+            return False
+        pairs = self.data.train[:2]
+        batch = pack_sequences([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], self.pad)
+        return supports_target_only_head(self.pair.policy.to(self.acc.device), batch.to(self.acc.device))
+
     def _reference_logps(self, pairs: list[TokenizedPair], name: str) -> torch.Tensor:
         if not pairs:
             return torch.empty(0, 2)
@@ -206,9 +216,20 @@ class Trainer:
             samples = self.sampler.sample(self.acc.unwrap_model(self.model), prompts)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
-        batch = pack_step(batch_pairs, samples if train else None, self.pad).to(device)
+        # Reference log-probs of the samples first (no grad): its activations are gone before the
+        # policy's forward and backward need memory.
+        if samples is not None:
+            with torch.no_grad(), self.pair.reference_view(self.acc.unwrap_model(self.model)) as ref_model:
+                ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
+                                               self.pad, device, cfg.length_buckets, self.fast_head)
+        # One policy pass over [chosen | rejected | samples], as a few length-bucketed forwards.
+        prompts_all = [p.prompt_ids for p in batch_pairs] * 2
+        responses_all = [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs]
+        if samples is not None:
+            prompts_all, responses_all = prompts_all + samples.prompt_ids, responses_all + samples.response_ids
         with torch.set_grad_enabled(train):
-            logps = sequence_logps(self.model, batch)
+            logps, _ = bucketed_logps(self.model, prompts_all, responses_all, self.pad, device,
+                                      cfg.length_buckets, self.fast_head)
         b = len(batch_pairs)
         ref_pairs = ref[indices].to(device)
         out = preference_loss(logps[:b], logps[b: 2 * b], ref_pairs[:, 0], ref_pairs[:, 1],
@@ -222,9 +243,7 @@ class Trainer:
         stats["pairs"] = b
         kl_loss = None
         if samples is not None:
-            online = pack_samples(samples, self.pad).to(device)
-            ref_online = self.pair.reference_logps(online, self.acc.unwrap_model(self.model))
-            pol_online = logps[2 * b:] if train else sequence_logps(self.model, online)
+            pol_online = logps[2 * b:]
             shape = (len(prompts), samples.k)
             kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
             kl, _ = reverse_kl_estimate(pol_online, ref_online)
