@@ -157,3 +157,18 @@ def test_bfloat16_and_cosine_warmup_run(base_config):
     assert lrs[0] < lrs[1] < lrs[2] and lrs[3] < lrs[2]  # warm-up to the peak, then cosine decay
     assert lrs[2] == cfg.learning_rate
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+
+
+def test_step_callbacks_and_token_counts(base_config):
+    cfg = base_config(algo="hypo", max_steps=3)
+    trainer = Trainer(cfg)
+    seen = []
+    trainer.step_callbacks.append(lambda t, m: seen.append((t.step, m["tokens/pairs"], m["tokens/online"])))
+    trainer.train()
+    assert [s for s, _, _ in seen] == [1, 2, 3]
+    data = trainer.data.train
+    first = trainer.pairs_stream.take(0, cfg.per_device_train_batch_size)
+    expected = sum(2 * len(data[i].prompt_ids) + len(data[i].chosen_ids) + len(data[i].rejected_ids)
+                   for i in first)
+    assert seen[0][1] == expected
+    assert seen[0][2] > cfg.per_device_train_batch_size * cfg.num_online_samples  # prompts + samples

@@ -143,6 +143,8 @@ class Trainer:
         self.pairs_stream = IndexStream(len(self.data.train), cfg.seed)
         self.prompt_stream = IndexStream(len(self.data.prompts), cfg.seed + 7) if self.data.prompts else None
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        # callables(trainer, metrics) run after every optimizer step (benchmarks, custom logging)
+        self.step_callbacks: list = []
         self._signal = None
 
     # ---- set-up helpers -----------------------------------------------------------------------
@@ -241,6 +243,8 @@ class Trainer:
                  "loss/dpo": out.losses.detach().sum()}
         stats = {k: float(v) for k, v in stats.items()}
         stats["pairs"] = b
+        stats["tokens/pairs"] = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+                                    for p in batch_pairs)
         kl_loss = None
         if samples is not None:
             pol_online = logps[2 * b:]
@@ -249,6 +253,7 @@ class Trainer:
             kl, _ = reverse_kl_estimate(pol_online, ref_online)
             # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
             # value is not a KL; only its gradient is meaningful.)
+            stats["tokens/online"] = sum(len(p) + len(r) for p, r in zip(samples.prompt_ids, samples.response_ids))
             stats.update({"loss/kl": cfg.kl_coef * kl if self.hypo else 0.0, "kl/online": kl, "online/length": samples.mean_length,
                           "online/clipped_ratio": samples.clipped_ratio, "online_groups": 1})
         loss = hypo_loss(out.losses, kl_loss if self.hypo else None, cfg.kl_coef)
@@ -308,6 +313,8 @@ class Trainer:
                     metrics = self._finish_step(totals, losses)
                     metrics["step_time"] = time.perf_counter() - started
                     self.step += 1
+                    for callback in self.step_callbacks:
+                        callback(self, metrics)
                     if cfg.log_online_samples and acc.is_main_process:
                         append_jsonl(samples_log, {"step": self.step, "response_ids": self._step_samples})
                     if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
@@ -365,8 +372,8 @@ class Trainer:
         n = totals.pop("pairs")
         groups = totals.pop("online_groups", 0)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr}
-        for k, v in totals.items():
-            metrics[k] = v / (groups if k in ONLINE_KEYS else n)
+        for k, v in totals.items():  # means per pair / per online group; token counts are totals
+            metrics[k] = v if k.startswith("tokens/") else v / (groups if k in ONLINE_KEYS else n)
         # `loss` is the objective's value: mean ℓ_dpo + λ·KL estimate (exactly DPO's loss for DPO).
         metrics["loss"] = metrics["loss/dpo"] + metrics.get("loss/kl", 0.0)
         metrics["epoch"] = (self.step + 1) * cfg.gradient_accumulation_steps * self.global_batch / len(self.data.train)
@@ -394,7 +401,7 @@ class Trainer:
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
         n = totals.pop("pairs")
-        metrics = {f"eval_{k}": v / n for k, v in totals.items()}
+        metrics = {f"eval_{k}": v / n for k, v in totals.items() if not k.startswith("tokens/")}
         if cfg.eval_online_prompts > 0:
             metrics.update(self.online_kl([p.prompt_ids for p in pairs[: cfg.eval_online_prompts]],
                                           prefix="eval_"))
