@@ -209,54 +209,64 @@ class Trainer:
 
     # ---- one micro-batch ----------------------------------------------------------------------
     def _micro_step(self, indices: list[int], prompts: list[list[int]] | None, ref: torch.Tensor,
-                    pairs: list[TokenizedPair], train: bool) -> tuple[torch.Tensor, dict]:
-        """Loss and metrics (sums over the micro-batch) for pairs[indices] and online prompts."""
-        cfg, device = self.cfg, self.acc.device
+                    pairs: list[TokenizedPair], backward=None) -> tuple[torch.Tensor, dict]:
+        """Loss value and metrics (sums over the micro-batch) for pairs[indices] and online prompts.
+
+        Training (``backward`` given: callable(loss, last)): the pairs' forward and backward run
+        first, then the online samples' forward and backward, so the activation peak is the larger
+        of the two parts rather than their sum. The gradient is that of L_dpo + λ·L_kl either way.
+        """
+        cfg, device, train = self.cfg, self.acc.device, backward is not None
         batch_pairs = [pairs[i] for i in indices]
         samples = None
         if prompts is not None:
             samples = self.sampler.sample(self.acc.unwrap_model(self.model), prompts)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
-        # Reference log-probs of the samples first (no grad): its activations are gone before the
-        # policy's forward and backward need memory.
-        if samples is not None:
             with torch.no_grad(), self.pair.reference_view(self.acc.unwrap_model(self.model)) as ref_model:
                 ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
                                                self.pad, device, cfg.length_buckets, self.fast_head)
-        # One policy pass over [chosen | rejected | samples], as a few length-bucketed forwards.
-        prompts_all = [p.prompt_ids for p in batch_pairs] * 2
-        responses_all = [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs]
-        if samples is not None:
-            prompts_all, responses_all = prompts_all + samples.prompt_ids, responses_all + samples.response_ids
-        with torch.set_grad_enabled(train):
-            logps, _ = bucketed_logps(self.model, prompts_all, responses_all, self.pad, device,
-                                      cfg.length_buckets, self.fast_head)
+        kl_term = samples is not None and self.hypo and cfg.kl_coef != 0
+
+        # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
         b = len(batch_pairs)
+        with torch.set_grad_enabled(train):
+            logps, _ = bucketed_logps(self.model, [p.prompt_ids for p in batch_pairs] * 2,
+                                      [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs],
+                                      self.pad, device, cfg.length_buckets, self.fast_head)
         ref_pairs = ref[indices].to(device)
-        out = preference_loss(logps[:b], logps[b: 2 * b], ref_pairs[:, 0], ref_pairs[:, 1],
+        out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
                               cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        if train:
+            backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                  "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
                  "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
-                 "logps/chosen": logps[:b].detach().sum(), "logps/rejected": logps[b: 2 * b].detach().sum(),
+                 "logps/chosen": logps[:b].detach().sum(), "logps/rejected": logps[b:].detach().sum(),
                  "loss/dpo": out.losses.detach().sum()}
         stats = {k: float(v) for k, v in stats.items()}
         stats["pairs"] = b
         stats["tokens/pairs"] = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                                     for p in batch_pairs)
+
+        # Online samples: the KL term (its gradient only when λ > 0).
         kl_loss = None
         if samples is not None:
-            pol_online = logps[2 * b:]
+            with torch.set_grad_enabled(kl_term):
+                pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
+                                               self.pad, device, cfg.length_buckets, self.fast_head)
             shape = (len(prompts), samples.k)
             kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
+            if train and kl_term:
+                backward(cfg.kl_coef * kl_loss, True)
             kl, _ = reverse_kl_estimate(pol_online, ref_online)
             # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
             # value is not a KL; only its gradient is meaningful.)
             stats["tokens/online"] = sum(len(p) + len(r) for p, r in zip(samples.prompt_ids, samples.response_ids))
-            stats.update({"loss/kl": cfg.kl_coef * kl if self.hypo else 0.0, "kl/online": kl, "online/length": samples.mean_length,
+            stats.update({"loss/kl": cfg.kl_coef * kl if self.hypo else 0.0, "kl/online": kl,
+                          "online/length": samples.mean_length,
                           "online/clipped_ratio": samples.clipped_ratio, "online_groups": 1})
-        loss = hypo_loss(out.losses, kl_loss if self.hypo else None, cfg.kl_coef)
+        loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, cfg.kl_coef)
         return loss, stats
 
     def _online_prompts(self, micro: int, indices: list[int]) -> list[list[int]] | None:
@@ -301,11 +311,13 @@ class Trainer:
                         indices = self.pairs_stream.take(start, b)
                         prompts = self._online_prompts(m, indices)
                         sync = micro == accum - 1
-                        ctx = acc.no_sync(self.model) if not sync else _null()
-                        with ctx:
-                            loss, stats = self._micro_step(indices, prompts, self.ref_train,
-                                                           self.data.train, train=True)
-                            acc.backward(loss / accum)
+
+                        def backward(part, last, sync=sync):  # gradients sync on the step's last
+                            with _null() if (sync and last) else acc.no_sync(self.model):
+                                acc.backward(part / accum)
+
+                        loss, stats = self._micro_step(indices, prompts, self.ref_train,
+                                                       self.data.train, backward=backward)
                         losses.append(float(loss.detach()))
                         for k, v in stats.items():
                             totals[k] = totals.get(k, 0.0) + v
@@ -396,7 +408,7 @@ class Trainer:
         bs = cfg.per_device_eval_batch_size
         for start in range(0, len(pairs), bs):
             idx = list(range(start, min(start + bs, len(pairs))))
-            loss, stats = self._micro_step(idx, None, self.ref_eval, pairs, train=False)
+            loss, stats = self._micro_step(idx, None, self.ref_eval, pairs)
             stats["loss"] = stats["loss/dpo"]
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v

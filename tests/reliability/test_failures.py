@@ -85,13 +85,15 @@ def test_signal_finishes_the_step_checkpoints_and_exits(sig, code, tiny, tmp_pat
 
 
 def _nan_at(trainer, bad_step):
+    """Make the loss of training step `bad_step` NaN, and with it every gradient of that step."""
     real = trainer._micro_step
 
-    def micro_step(*args, **kwargs):
-        loss, stats = real(*args, **kwargs)
-        if trainer.step == bad_step - 1 and kwargs.get("train", args[-1] if args else True):
-            loss = loss * float("nan")
-        return loss, stats
+    def micro_step(*args, backward=None, **kwargs):
+        if backward is None or trainer.step != bad_step - 1:
+            return real(*args, backward=backward, **kwargs)
+        nan_backward = lambda loss, last: backward(loss * float("nan"), last)  # noqa: E731
+        loss, stats = real(*args, backward=nan_backward, **kwargs)
+        return loss * float("nan"), stats
 
     trainer._micro_step = micro_step
 
