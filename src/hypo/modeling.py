@@ -98,6 +98,34 @@ def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
     return PolicyPair(model, reference, is_peft=False)
 
 
+@contextlib.contextmanager
+def gathered_for_generation(accelerator, model: torch.nn.Module):
+    """Yield the plain module with its FULL weights present, for `generate` and no-grad forwards.
+
+    DDP, ZeRO-1/2 and single devices hold full weights already: the unwrapped module. ZeRO-3
+    gathers every parameter once for the whole block (``deepspeed.zero.GatheredParameters``), so
+    decoding is not a collective per token (processes finishing at different lengths would hang).
+    FSDP summons the full parameters (``summon_full_params``, no write-back). Memory: the full model
+    on every device while the block runs. The sharded branches are checked with fakes only (no GPU).
+    """
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield accelerator.unwrap_model(model)
+    elif kind == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False, recurse=True):
+            yield accelerator.unwrap_model(model)
+    else:
+        yield accelerator.unwrap_model(model)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A cheap, content-based fingerprint of a model's weights (shape, sums and a few values per
     tensor), independent of where the weights were loaded from."""

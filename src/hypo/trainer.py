@@ -31,7 +31,7 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
-from .modeling import PolicyPair, build_policy, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -220,12 +220,13 @@ class Trainer:
         batch_pairs = [pairs[i] for i in indices]
         samples = None
         if prompts is not None:
-            samples = self.sampler.sample(self.acc.unwrap_model(self.model), prompts)
+            with gathered_for_generation(self.acc, self.model) as full_model:  # sharded: gather once
+                samples = self.sampler.sample(full_model, prompts)
+                with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
+                    ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
+                                                   self.pad, device, cfg.length_buckets, self.fast_head)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
-            with torch.no_grad(), self.pair.reference_view(self.acc.unwrap_model(self.model)) as ref_model:
-                ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
-                                               self.pad, device, cfg.length_buckets, self.fast_head)
         kl_term = samples is not None and self.hypo and cfg.kl_coef != 0
 
         # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
@@ -428,10 +429,10 @@ class Trainer:
         cfg = self.cfg
         sampler = OnlineSampler(self.data.tokenizer, cfg.num_online_samples, cfg.max_new_tokens,
                                 cfg.seed + 2, cfg.temperature, cfg.top_k, cfg.top_p, self.sampler.stop_token_ids)
-        model = self.acc.unwrap_model(self.model)
-        samples = sampler.sample(model, prompts)
-        batch = pack_samples(samples, self.pad).to(self.acc.device)
-        kl, se = reverse_kl_estimate(sequence_logps(model, batch), self.pair.reference_logps(batch, model))
+        with gathered_for_generation(self.acc, self.model) as model:
+            samples = sampler.sample(model, prompts)
+            batch = pack_samples(samples, self.pad).to(self.acc.device)
+            kl, se = reverse_kl_estimate(sequence_logps(model, batch), self.pair.reference_logps(batch, model))
         return {f"{prefix}kl/online": kl, f"{prefix}kl/online_stderr": se,
                 f"{prefix}online/length": samples.mean_length,
                 f"{prefix}online/clipped_ratio": samples.clipped_ratio}
