@@ -172,3 +172,18 @@ def test_step_callbacks_and_token_counts(base_config):
                    for i in first)
     assert seen[0][1] == expected
     assert seen[0][2] > cfg.per_device_train_batch_size * cfg.num_online_samples  # prompts + samples
+
+
+def test_conversational_data_trains_with_the_chat_template(base_config, tmp_path):
+    from hypo.tiny import synthetic_preferences, write_jsonl
+
+    data = write_jsonl(synthetic_preferences(32, seed=1, conversational=True), tmp_path / "chat.jsonl")
+    cfg = base_config(algo="hypo", dataset_name=str(data), max_steps=2, log_online_samples=True)
+    trainer = Trainer(cfg)
+    tok = trainer.data.tokenizer
+    pair = trainer.data.train[0]
+    # The prompt ends with the template's generation prompt; the response ends with eos.
+    assert tok.decode(pair.prompt_ids).endswith("<|assistant|>")
+    assert pair.chosen_ids[-1] == tok.eos_token_id
+    trainer.train()
+    assert read_metrics(cfg.output_dir)[-1]["kl/online"] is not None
