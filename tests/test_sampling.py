@@ -10,17 +10,24 @@ def load(tiny):
     return AutoModelForCausalLM.from_pretrained(tiny["model"]).eval(), AutoTokenizer.from_pretrained(tiny["model"])
 
 
-def test_samples_come_from_the_model_distribution(tiny):
+import pytest
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (1.0, 5)])
+def test_samples_come_from_the_model_distribution(tiny, temperature, top_k):
     """One-token samples match softmax(logits): a top-k=50 default or a temperature slip would
     put the total-variation distance far above the bound (the vocabulary has >300 tokens)."""
     model, tok = load(tiny)
     prompt = [tok.bos_token_id, 30, 31]
     n = 20000
-    sampler = OnlineSampler(tok, k=n, max_new_tokens=1, seed=0)
+    sampler = OnlineSampler(tok, k=n, max_new_tokens=1, seed=0, temperature=temperature, top_k=top_k)
     samples = sampler.sample(model, [prompt])
     counts = torch.bincount(torch.tensor([r[0] for r in samples.response_ids]), minlength=len(tok))
     with torch.no_grad():
-        probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+        logits = model(torch.tensor([prompt])).logits[0, -1] / temperature
+    if top_k:
+        logits[logits < logits.topk(top_k).values[-1]] = float("-inf")
+    probs = logits.softmax(-1)
     tv = 0.5 * float((counts / n - probs).abs().sum())
     # Sampling noise alone gives E[TV] ≈ 0.5·Σ sqrt(2p/(πn)) ≈ 0.1 for a near-uniform p here.
     assert tv < 0.2, tv

@@ -1,8 +1,8 @@
 """On-policy sampling for HyPO's KL term: k responses per prompt from the current weights.
 
 Uses transformers ``generate`` with its KV cache. Randomness comes from an explicit, seeded
-``torch.Generator`` owned by the sampler (its state is saved in checkpoints): the global RNG is
-forked around ``generate`` so sampling neither consumes nor depends on anyone else's randomness.
+``torch.Generator`` owned by the sampler (its state is saved in checkpoints), through a Gumbel-max
+logits processor: sampling neither consumes nor depends on anyone else's randomness.
 """
 
 from __future__ import annotations
@@ -63,34 +63,61 @@ class OnlineSampler:
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, prompts: list[list[int]]) -> OnlineSamples:
         """Generate k responses for each prompt (token-id lists). model: the current policy."""
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        width = max(map(len, prompts))
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        rows = [p for p in prompts for _ in range(self.k)]  # prompt-major: row p*k + i
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompts):  # left padding: generation continues at the right edge
+        for row, ids in enumerate(rows):  # left padding: generation continues at the right edge
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
-        gen_config = GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens, num_return_sequences=self.k,
-            pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True,
-        )
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.generator.get_state())
-            if device.type == "cuda":  # derive the CUDA stream from our generator, deterministically
-                torch.cuda.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=gen_config)
-            self.generator.set_state(torch.get_rng_state())
+        # Sampling is done by our own logits processor (Gumbel-max with our generator), so
+        # `generate` runs in its greedy mode and never touches the global RNG.
+        gen_config = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
+        processor = GumbelMaxSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             generation_config=gen_config, logits_processor=LogitsProcessorList([processor]))
         new_tokens = out[:, width:].tolist()
         responses, clipped = [], []
         for tokens in new_tokens:
             cut = next((i for i, t in enumerate(tokens) if t in self.stop_token_ids), None)
             responses.append(tokens if cut is None else tokens[: cut + 1])
             clipped.append(cut is None)
-        repeated = [p for p in prompts for _ in range(self.k)]
-        return OnlineSamples(repeated, responses, clipped, self.k)
+        return OnlineSamples(rows, responses, clipped, self.k)
+
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """Our generator on CPU; on an accelerator, one seeded from it (deterministic per round)."""
+        if device.type == "cpu":
+            return self.generator
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+class GumbelMaxSampling:
+    """A logits processor that turns greedy decoding into exact sampling from softmax(z / T).
+
+    argmax_v(z_v / T + G_v) with G_v = −log(−log U_v), U_v ~ Uniform(0, 1) i.i.d., is distributed as
+    softmax(z / T) (the Gumbel-max trick). Top-k / top-p truncation, when asked for, masks
+    logits first (and biases the KL estimate, as flagged in the config). Scores: (rows, V).
+    """
+
+    def __init__(self, generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0):
+        from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+        self.generator, self.temperature = generator, temperature
+        self.warpers = ([TopKLogitsWarper(top_k)] if top_k > 0 else []) + (
+            [TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        u = torch.rand(scores.shape, generator=self.generator, device=scores.device)
+        return scores - torch.log(-torch.log(u.clamp_(min=1e-20)))

@@ -79,7 +79,9 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
                 assert set(summary) == {"median", "min", "max", "per_seed"}
                 assert len(summary["per_seed"]) == 2
                 assert summary["min"] <= summary["median"] <= summary["max"]
-    assert saved["regimes"]["partial"]["coverage"] < saved["regimes"]["global"]["coverage"]
+    # partial covers a subset of the kinds, so never more of π_ref's mass (equal when the miniature
+    # π_ref, trained for 20 steps, says nothing grammatical yet)
+    assert saved["regimes"]["partial"]["coverage"] <= saved["regimes"]["global"]["coverage"]
     curves = saved["curves"]["partial"]["hypo"][0]
     assert [row["step"] for row in curves] == [0, 2, 4]
     assert curves[0]["eval_gold/kl"] == 0.0  # policy == π_ref before training
