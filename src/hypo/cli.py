@@ -93,6 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = write_report(results, __import__("pathlib").Path(args.out))
     for line in verdicts(results):
         console.print(f"  • {line}")
+    if len(settings.seeds) == 1:
+        console.print("  (one seed: single runs vary a lot — the default three seeds give the medians "
+                      "that docs/demo.md discusses)")
     console.print(f"[green]wrote[/] {args.out}/results.json, {report} and {args.out}/demo.png")
     return 0
 

@@ -157,7 +157,8 @@ class TrainConfig:
     log_online_samples: bool = opt(False, "Write every online sample's token ids to "
                                    "output_dir/online_samples.jsonl (one line per step).",
                                    group="output")
-    disable_progress_bar: bool = opt(False, "Turn off the live progress bar.", group="output")
+    disable_progress_bar: bool = opt(False, "Turn off the live progress bar and the data summary "
+                                     "line (data_report.json is still written).", group="output")
 
     # -------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

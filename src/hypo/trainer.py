@@ -149,7 +149,7 @@ class Trainer:
 
     # ---- set-up helpers -----------------------------------------------------------------------
     def _print_data_report(self) -> None:
-        if not self.acc.is_main_process:
+        if not self.acc.is_main_process or self.cfg.disable_progress_bar:
             return
         r = self.data.report
         tok = r.get("train_tokenize", {})
