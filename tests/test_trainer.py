@@ -187,3 +187,10 @@ def test_conversational_data_trains_with_the_chat_template(base_config, tmp_path
     assert pair.chosen_ids[-1] == tok.eos_token_id
     trainer.train()
     assert read_metrics(cfg.output_dir)[-1]["kl/online"] is not None
+
+
+def test_dpo_without_eval_holds_no_reference_copy(base_config):
+    trainer = Trainer(base_config(algo="dpo", eval_online_prompts=32, eval_split_size=0.0))
+    assert trainer.pair.reference is None  # the cached log-probs are all DPO needs
+    with_eval = Trainer(base_config(algo="dpo", eval_online_prompts=4, eval_split_size=0.2))
+    assert with_eval.pair.reference is not None  # eval_kl/online needs π_ref live

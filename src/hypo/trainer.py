@@ -103,8 +103,10 @@ class Trainer:
                               "processes instead.")
         torch.manual_seed(cfg.seed)
         self.hypo = cfg.algo == "hypo"
-        need_ref = (self.hypo or cfg.eval_online_prompts > 0 or not cfg.precompute_ref_log_probs
-                    or eval_hook is not None)
+        # A live reference (a frozen copy, for full fine-tuning) only when something needs it:
+        # HyPO's samples, the eval KL (only if there is eval data), no cache, or an eval hook.
+        need_ref = (self.hypo or (cfg.eval_online_prompts > 0 and bool(self.data.eval))
+                    or not cfg.precompute_ref_log_probs or eval_hook is not None)
         self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref)
         if self.pair.reference is not None:
             self.pair.reference.to(self.acc.device)
