@@ -80,3 +80,19 @@ def test_sweep_plot_and_table(tmp_path):
     path = plot_sweep(result, tmp_path / "sweep.png")
     assert path.stat().st_size > 10_000
     print_sweep(result)
+
+
+def test_online_part_comparison_with_rloo():
+    from hypo.bench.runner import compare
+
+    def mode(step, samples=None):
+        m = {"step_time": {"median": step}, "per_round_median": []}
+        if samples is not None:
+            m["samples_per_s"] = {"median": samples}
+        return m
+
+    # HyPO: 16 samples in a 0.8 s step of which 0.3 s is the DPO part -> 32 samples/s online;
+    # RLOO: 20 samples/s.
+    out = compare({"hypo-hypo": mode(0.8, 20.0), "hypo-dpo": mode(0.3), "trl-rloo": mode(0.7, 20.0)})
+    assert abs(out["hypo_samples_per_s_vs_rloo"]["median"] - 1.0) < 1e-12
+    assert abs(out["hypo_online_part_samples_per_s_vs_rloo"]["median"] - 1.6) < 1e-12

@@ -46,6 +46,7 @@ LABELS = {
     "hypo_time_ratio_over_flops_ratio": "(HyPO/DPO time) / (HyPO/DPO FLOPs)",
     "hypo_samples_per_s_vs_rloo": "HyPO / TRL RLOO: online samples/s",
     "hypo_samples_per_cpu_s_vs_rloo": "  same, samples per CPU-second",
+    "hypo_online_part_samples_per_s_vs_rloo": "  same, HyPO's online part only (step − DPO step)",
     "hypo_peak_rss_vs_dpo": "HyPO / DPO peak RSS",
     "hypo_peak_above_baseline_vs_dpo": "HyPO / DPO peak RSS above imports",
     "hypo-dpo_mfu": "DPO step FLOP/s / matmul peak",

@@ -219,6 +219,15 @@ def compare(modes: dict) -> dict:
         out["hypo_time_ratio_over_flops_ratio"] = {"median": t["median"] / f["median"],
                                                    "min": t["min"] / f["median"], "max": t["max"] / f["median"]}
     h, d = modes.get("hypo-hypo", {}), modes.get("hypo-dpo", {})
+    r = modes.get("trl-rloo", {})
+    if all(x.get("step_time") for x in (h, d)) and h.get("samples_per_s") and r.get("samples_per_s"):
+        # HyPO's step also trains the offline pairs (a whole DPO step), which RLOO's does not; its
+        # online part alone takes (HyPO step − DPO step) for the same samples.
+        online_s = h["step_time"]["median"] - d["step_time"]["median"]
+        per_step = h["samples_per_s"]["median"] * h["step_time"]["median"]
+        if online_s > 0:
+            value = per_step / online_s / r["samples_per_s"]["median"]
+            out["hypo_online_part_samples_per_s_vs_rloo"] = {"median": value, "min": value, "max": value}
     if h.get("peak_rss_mb") and d.get("peak_rss_mb"):
         out["hypo_peak_rss_vs_dpo"] = {"median": h["peak_rss_mb"]["median"] / d["peak_rss_mb"]["median"]}
         base = d["peak_above_baseline_mb"]["median"]
