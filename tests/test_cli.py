@@ -84,3 +84,15 @@ def test_hypo_train_end_to_end(tiny, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"loss", "rewards/margins", "kl/online"} <= tags
     assert len(events.Scalars("loss")) == 3
+
+
+def test_null_and_negative_settings_are_config_errors(tmp_path):
+    bad = tmp_path / "null.yaml"
+    bad.write_text("beta: null\n")
+    with pytest.raises(ConfigError, match="beta cannot be empty"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match="online_prompts_per_step"):
+        TrainConfig(model_name_or_path="m", dataset_name="d", online_prompts_per_step=-1).validate()
+    with pytest.raises(ConfigError, match="save_steps"):
+        TrainConfig(model_name_or_path="m", dataset_name="d", save_steps=-5).validate()
+    assert TrainConfig.from_dict({"ref_cache_dir": None}).ref_cache_dir is None  # optional: fine

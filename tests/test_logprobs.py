@@ -103,3 +103,11 @@ def test_scaled_logits_model_keeps_the_full_forward(tiny):
 
     model.forward = scaled_forward
     assert not supports_target_only_head(model, pack_sequences([[1, 5, 6]], [[7, 2]], 0))
+
+
+def test_exact_bucketing_gives_the_same_number_of_forwards_for_any_lengths():
+    from hypo.logprobs import bucket_rows
+
+    for lengths in ([10] * 8, [10, 200, 11, 199, 12, 198, 13, 197], list(range(1, 9))):
+        assert len(bucket_rows(lengths, max_buckets=3, exact=True)) == 3
+    assert len(bucket_rows([5, 6], max_buckets=4, exact=True)) == 2

@@ -19,6 +19,10 @@ def test_samples_come_from_the_model_distribution(tiny, temperature, top_k):
     put the total-variation distance far above the bound (the vocabulary has >300 tokens)."""
     model, tok = load(tiny)
     prompt = [tok.bos_token_id, 30, 31]
+    # A shipped generation_config must not leak into HyPO's samples (it would bias the KL).
+    model.generation_config.repetition_penalty = 1e9  # would all but forbid tokens 1, 30, 31
+    model.generation_config.suppress_tokens = list(range(100, 300))
+    model.generation_config.min_new_tokens = 1
     n = 20000
     sampler = OnlineSampler(tok, k=n, max_new_tokens=1, seed=0, temperature=temperature, top_k=top_k)
     samples = sampler.sample(model, [prompt])

@@ -87,11 +87,16 @@ def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torc
     _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
     for name in files + [MANIFEST]:
         _fsync(staging / name)
-    if final.exists():  # an older, complete copy of the same step: replace it
-        shutil.rmtree(final)
+    old = None
+    if final.exists():  # an older copy of the same step: set it aside until the new one is in place
+        old = output_dir / f".{PREFIX}{step}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(staging, final)
     _fsync(output_dir)
-    prune(output_dir, limit)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    prune(output_dir, limit, keep=final)
     return final
 
 
@@ -119,11 +124,20 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prune(output_dir: Path, limit: int) -> None:
-    """Keep the `limit` newest complete checkpoints (at least 1); clear abandoned staging folders."""
+def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
+    """Keep the `limit` newest complete checkpoints (at least 1) and always `keep` (the one just
+    written, even if a later step from an abandoned run exists); clear abandoned staging folders."""
     for staging in output_dir.glob(f".{PREFIX}*.staging"):
         shutil.rmtree(staging, ignore_errors=True)
-    for _, folder in complete_checkpoints(output_dir)[: -max(limit, 1)]:
+    found = []
+    for step, folder in complete_checkpoints(output_dir):
+        if keep is not None and folder != keep and step > int(keep.name[len(PREFIX):]):
+            # written by an abandoned run that went further: resuming from `keep`'s past ended it
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder != keep:
+            found.append(folder)
+    budget = max(limit, 1) - (keep is not None)
+    for folder in found[: max(len(found) - budget, 0)]:
         shutil.rmtree(folder, ignore_errors=True)
 
 

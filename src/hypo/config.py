@@ -181,6 +181,10 @@ class TrainConfig:
              "the leave-one-out estimator needs k ≥ 2 samples per prompt.")
         need(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1.")
         need(self.length_buckets >= 1, "length_buckets", "must be ≥ 1.")
+        for name in ("online_prompts_per_step", "eval_steps", "save_steps", "warmup_steps",
+                     "eval_online_prompts", "top_k", "weight_decay", "max_grad_norm"):
+            need(getattr(self, name) >= 0, name, "must be ≥ 0.")
+        need(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be ≥ 1.")
         need(self.temperature > 0, "temperature", "must be > 0.")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1].")
         need(self.top_k >= 0, "top_k", "must be ≥ 0 (0 = off).")
@@ -275,6 +279,9 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise ConfigError naming it."""
     typ = field_type(f)
     if value is None:
+        if "None" not in str(f.type):
+            raise ConfigError(f"{source}: {f.name} cannot be empty (null); give a {typ.__name__} or "
+                              "leave the setting out for its default.")
         return None
     try:
         if typ is bool:

@@ -114,12 +114,16 @@ def supports_target_only_head(model: torch.nn.Module, batch: SequenceBatch, tol:
     return bool(torch.allclose(fast, full, atol=tol, rtol=tol))
 
 
-def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int = 256) -> list[list[int]]:
+def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int = 256,
+                exact: bool = False) -> list[list[int]]:
     """Split rows into ≤ max_buckets groups of similar length, minimising padded token slots.
 
     Rows are sorted by length and cut into contiguous groups by dynamic programming over
     cost = Σ_groups |group|·max_len(group) + overhead_tokens·#groups (the overhead stands for the
-    fixed cost of one more forward). Returns lists of row indices, longest group first.
+    fixed cost of one more forward). With ``exact``, always min(max_buckets, n) groups: under
+    DDP / FSDP / ZeRO every process must run the same number of forwards (each is a collective),
+    and n is the same on every process while the lengths are not. Returns lists of row indices,
+    longest group first.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     n = len(order)
@@ -134,7 +138,7 @@ def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int =
                 cost = best[g - 1][i] + (j - i) * lengths[order[i]] + overhead_tokens
                 if cost < best[g][j]:
                     best[g][j], cut[g][j] = cost, i
-    g = min(range(1, max_buckets + 1), key=lambda k: best[k][n])
+    g = min(max_buckets, n) if exact else min(range(1, max_buckets + 1), key=lambda k: best[k][n])
     groups, j = [], n
     while g > 0:
         i = cut[g][j]
@@ -144,8 +148,8 @@ def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int =
 
 
 def bucketed_logps(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]],
-                   pad_token_id: int, device, max_buckets: int = 4, target_only_head: bool = False
-                   ) -> tuple[torch.Tensor, int]:
+                   pad_token_id: int, device, max_buckets: int = 4, target_only_head: bool = False,
+                   exact_buckets: bool = False) -> tuple[torch.Tensor, int]:
     """Response log-probs (N,) of all rows, run as a few length-bucketed forwards.
 
     Every bucket is padded only to its own longest row, so short rows (e.g. online samples next to
@@ -154,7 +158,7 @@ def bucketed_logps(model: torch.nn.Module, prompts: list[list[int]], responses: 
     """
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     parts, index, slots = [], [], 0
-    for rows in bucket_rows(lengths, max_buckets):
+    for rows in bucket_rows(lengths, max_buckets, exact=exact_buckets):
         batch = pack_sequences([prompts[i] for i in rows], [responses[i] for i in rows], pad_token_id)
         parts.append(sequence_logps(model, batch.to(device), target_only_head))
         index += rows

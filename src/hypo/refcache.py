@@ -61,8 +61,14 @@ def load_or_compute(key: str, cache_dir: Path | None, compute) -> tuple[torch.Te
         except Exception:  # noqa: BLE001 - a damaged entry is simply recomputed
             pass
     logps = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"logps": logps.contiguous()}, tmp, metadata={"key": key})
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"logps": logps.contiguous()}, tmp, metadata={"key": key})
+        os.replace(tmp, path)
+    except OSError as err:  # an unwritable cache costs a recomputation next time, not this run
+        import warnings
+
+        warnings.warn(f"could not write the reference log-prob cache to {path} ({err}); set "
+                      "ref_cache_dir to a writable folder to reuse it across runs.", stacklevel=2)
     return logps, False

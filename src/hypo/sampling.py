@@ -76,8 +76,14 @@ class OnlineSampler:
             attention[row, width - len(ids):] = 1
         # Sampling is done by our own logits processor (Gumbel-max with our generator), so
         # `generate` runs in its greedy mode and never touches the global RNG.
-        gen_config = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
+        # Every logits-changing option is set to neutral explicitly: `generate` fills unset ones
+        # from the model's own generation_config (e.g. a shipped repetition_penalty), which would
+        # make the samples come from something other than π and bias the KL estimate.
+        gen_config = GenerationConfig(
+            do_sample=False, max_new_tokens=self.max_new_tokens, min_new_tokens=0, min_length=0,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+            suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=None,
+            pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
         processor = GumbelMaxSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                              generation_config=gen_config, logits_processor=LogitsProcessorList([processor]))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 from . import checkpoint as ckpt
 from .batching import IndexStream, pack_samples
@@ -94,8 +95,6 @@ class Trainer:
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        from accelerate.utils import DistributedType
-
         if self.acc.distributed_type == DistributedType.DEEPSPEED and cfg.gradient_accumulation_steps > 1:
             # DeepSpeed steps inside backward(); hypo's loop accumulates by itself.
             raise ConfigError("gradient_accumulation_steps > 1 is not supported under DeepSpeed yet: "
@@ -131,6 +130,9 @@ class Trainer:
         per_step = self.global_batch * cfg.gradient_accumulation_steps
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
+        self.multi = self.acc.num_processes > 1  # every forward must then match across processes
+        # DeepSpeed steps inside every backward(): HyPO's two-part backward becomes one there.
+        self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
         self.fast_head = self._check_target_only_head()
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -226,7 +228,8 @@ class Trainer:
                 samples = self.sampler.sample(full_model, prompts)
                 with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
                     ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
-                                                   self.pad, device, cfg.length_buckets, self.fast_head)
+                                                   self.pad, device, cfg.length_buckets, self.fast_head,
+                                               self.multi)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
         kl_term = samples is not None and self.hypo and cfg.kl_coef != 0
@@ -236,11 +239,12 @@ class Trainer:
         with torch.set_grad_enabled(train):
             logps, _ = bucketed_logps(self.model, [p.prompt_ids for p in batch_pairs] * 2,
                                       [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs],
-                                      self.pad, device, cfg.length_buckets, self.fast_head)
+                                      self.pad, device, cfg.length_buckets, self.fast_head,
+                                               self.multi)
         ref_pairs = ref[indices].to(device)
         out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
                               cfg.beta, cfg.loss_type, cfg.label_smoothing)
-        if train:
+        if train and not (kl_term and self.single_backward):
             backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                  "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
@@ -257,11 +261,12 @@ class Trainer:
         if samples is not None:
             with torch.set_grad_enabled(kl_term):
                 pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
-                                               self.pad, device, cfg.length_buckets, self.fast_head)
+                                               self.pad, device, cfg.length_buckets, self.fast_head,
+                                               self.multi)
             shape = (len(prompts), samples.k)
             kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
             if train and kl_term:
-                backward(cfg.kl_coef * kl_loss, True)
+                backward(cfg.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)
             kl, _ = reverse_kl_estimate(pol_online, ref_online)
             # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
             # value is not a KL; only its gradient is meaningful.)
@@ -341,7 +346,7 @@ class Trainer:
                         self.logger.log(last_eval, self.step)
                     if cfg.save_steps and self.step % cfg.save_steps == 0:
                         self.save_checkpoint()
-                    if self._signal is not None:
+                    if self._stop_requested():
                         if not (cfg.save_steps and self.step % cfg.save_steps == 0):
                             self.save_checkpoint()
                         raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
@@ -365,7 +370,11 @@ class Trainer:
         grad_norm = float(grad_norm)
         loss = sum(losses) / len(losses)
         lr = self.scheduler.get_last_lr()[0]
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if self.multi:  # one process's NaN stops (or skips) the step on every process
+            flag = self.acc.reduce(torch.tensor([float(finite)], device=self.acc.device), reduction="sum")
+            finite = int(flag) == self.acc.num_processes
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             records = sorted(set(self._step_records))
             if cfg.nonfinite_policy == "error":
@@ -527,6 +536,16 @@ class Trainer:
             write_model_card(out / "merged", self.cfg, metrics, self.data.report)
 
     # ---- signals ------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        """Whether any process got SIGTERM/SIGINT; all processes agree, so all stop together."""
+        if not self.multi:
+            return self._signal is not None
+        flag = torch.tensor([self._signal or 0], device=self.acc.device)
+        flag = self.acc.reduce(flag, reduction="max")
+        if self._signal is None and int(flag) != 0:
+            self._signal = int(flag)
+        return int(flag) != 0
+
     def _install_signal_handlers(self) -> None:
         self._old_handlers = {}
 

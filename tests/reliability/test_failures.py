@@ -133,3 +133,29 @@ def test_consecutive_nonfinite_steps_stop_the_run(base_config):
     trainer._micro_step = lambda *a, **k: (lambda out: (out[0] * float("inf"), out[1]))(real(*a, **k))
     with pytest.raises(NonFiniteError, match="3 non-finite steps in a row"):
         trainer.train()
+
+
+def test_prune_keeps_the_new_checkpoint_and_drops_an_abandoned_future(tmp_path):
+    state = {"step": 0, "data_cursor": {}, "optimizer": {}, "scheduler": {}, "rng": ckpt.rng_state(),
+             "sampler": {}}
+    for step in (3, 5, 9):  # a run that reached step 9
+        ckpt.save_checkpoint(tmp_path, step, {"w": torch.ones(2) * step}, state, {}, limit=5)
+    # Resumed from step 5 and saved step 6: step 9 belongs to the abandoned run.
+    ckpt.save_checkpoint(tmp_path, 6, {"w": torch.ones(2) * 6}, state, {}, limit=1)
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [6]
+    assert ckpt.resolve_checkpoint("auto", tmp_path).name == "checkpoint-6"
+    # Re-saving an existing step replaces it without a window with no complete copy.
+    ckpt.save_checkpoint(tmp_path, 6, {"w": torch.zeros(2)}, state, {}, limit=1)
+    _, tensors, _ = ckpt.load_checkpoint(tmp_path / "checkpoint-6")
+    assert torch.equal(tensors["w"], torch.zeros(2))
+    assert not list(tmp_path.glob(".checkpoint-*"))
+
+
+def test_unwritable_reference_cache_warns_and_keeps_the_values(tmp_path):
+    from hypo.refcache import load_or_compute
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="could not write"):
+        logps, cached = load_or_compute("k", blocker / "cache", lambda: torch.ones(3, 2))
+    assert torch.equal(logps, torch.ones(3, 2)) and not cached
