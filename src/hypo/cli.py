@@ -100,11 +100,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(cls, args: argparse.Namespace):
+    """A settings dataclass from the parsed flags (minus argparse's own keys)."""
+    return cls(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalSettings, run_eval
     from .progress import console
 
-    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    settings = _settings(EvalSettings, args)
     result = run_eval(settings)
     kl = result["kl"]
     line = f"reverse KL {kl['estimate']:.4f} ± {kl['stderr']:.4f}"
@@ -118,7 +123,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     from .coverage import CoverageSettings, run_coverage
     from .progress import console
 
-    settings = CoverageSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    settings = _settings(CoverageSettings, args)
     result = run_coverage(settings)
     tail = result["tail_share"]
     line = f"chosen / rejected in π_ref's low tail: {tail['chosen']:.2f} / {tail['rejected']:.2f}"

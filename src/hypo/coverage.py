@@ -26,8 +26,8 @@ import torch
 
 from .config import ConfigError
 from .data import load_preferences, tokenize_pairs
-from .evaluate import load_pair, logps_all, sample_all
-from .logprobs import sequence_logps
+from .evaluate import load_pair, sample_all
+from .logprobs import batched_logps, sequence_logps
 from .losses import reverse_kl_estimate
 from .reporting import fmt, histogram, json_safe, md_table, summary
 from .sampling import OnlineSampler
@@ -82,7 +82,7 @@ def run_coverage(s: CoverageSettings) -> dict:
     P = len(prompts)
 
     def ref_ll(ps, rs):
-        return logps_all(pair.reference_logps, ps, rs, pad, bs, device)
+        return batched_logps(pair.reference_logps, ps, rs, pad, bs, device)
 
     chosen = ref_ll(prompts, [p.chosen_ids for p in pairs])
     rejected = ref_ll(prompts, [p.rejected_ids for p in pairs])
@@ -104,7 +104,7 @@ def run_coverage(s: CoverageSettings) -> dict:
     if s.model is not None:
         pol = sample_all(OnlineSampler(tok, k, s.max_new_tokens, s.seed), pair.policy, prompts,
                          s.batch_size, "policy", quiet)
-        pol_lp = logps_all(lambda b: sequence_logps(pair.policy, b), pol.prompt_ids, pol.response_ids,
+        pol_lp = batched_logps(lambda b: sequence_logps(pair.policy, b), pol.prompt_ids, pol.response_ids,
                            pad, bs, device)
         pol_ref = ref_ll(pol.prompt_ids, pol.response_ids)
         r = pol_lp - pol_ref
@@ -115,7 +115,7 @@ def run_coverage(s: CoverageSettings) -> dict:
         series_tok["policy samples"] = per_token(pol_ref, pol.response_ids)
 
         def data_ratio(responses):
-            lp = logps_all(lambda b: sequence_logps(pair.policy, b), prompts, responses, pad, bs, device)
+            lp = batched_logps(lambda b: sequence_logps(pair.policy, b), prompts, responses, pad, bs, device)
             return lp - ref_ll(prompts, responses)
 
         policy = {

@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError
 from .data import load_prompts, tokenize_prompts
-from .logprobs import pack_sequences, sequence_logps
+from .logprobs import batched_logps, sequence_logps
 from .losses import reverse_kl_estimate
 from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer
 from .progress import console, step_progress
@@ -138,18 +138,6 @@ def sample_all(sampler: OnlineSampler, model, prompt_ids: list[list[int]], batch
                          [c for s in parts for c in s.clipped], sampler.k)
 
 
-@torch.no_grad()
-def logps_all(fn, prompts: list[list[int]], responses: list[list[int]], pad: int,
-              batch_size: int, device: torch.device) -> torch.Tensor:
-    """(N,) response log-probs, ``fn(SequenceBatch) -> (n,)`` applied ``batch_size`` rows at a time."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        batch = pack_sequences(prompts[start: start + batch_size],
-                               responses[start: start + batch_size], pad).to(device)
-        out.append(fn(batch).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
 # ---- reward model -------------------------------------------------------------------------------
 
 def prompt_text(prompt) -> str:
@@ -249,9 +237,9 @@ def run_eval(s: EvalSettings) -> dict:
     with pair.reference_view() as ref_module:
         ref = sample_all(sampler(s.seed + 1), ref_module, prompt_ids, s.batch_size, "reference", quiet)
     bs = s.batch_size * k
-    pol_logps = logps_all(lambda b: sequence_logps(pair.policy, b), pol.prompt_ids, pol.response_ids,
+    pol_logps = batched_logps(lambda b: sequence_logps(pair.policy, b), pol.prompt_ids, pol.response_ids,
                           tok.pad_token_id, bs, device)
-    ref_logps = logps_all(pair.reference_logps, pol.prompt_ids, pol.response_ids, tok.pad_token_id,
+    ref_logps = batched_logps(pair.reference_logps, pol.prompt_ids, pol.response_ids, tok.pad_token_id,
                           bs, device)
     P = len(prompt_ids)
     # Per-prompt means: the standard error is then over prompts (samples of one prompt correlate).

@@ -114,6 +114,21 @@ def supports_target_only_head(model: torch.nn.Module, batch: SequenceBatch, tol:
     return bool(torch.allclose(fast, full, atol=tol, rtol=tol))
 
 
+@torch.no_grad()
+def batched_logps(fn, prompts: list[list[int]], responses: list[list[int]], pad_token_id: int,
+                  batch_size: int, device, progress=None) -> torch.Tensor:
+    """(N,) float32 CPU log-probs: ``fn(SequenceBatch) -> (n,)`` applied ``batch_size`` rows at a
+    time (no gradient). progress: optional callable(rows done)."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = pack_sequences(prompts[start: start + batch_size],
+                               responses[start: start + batch_size], pad_token_id).to(device)
+        out.append(fn(batch).float().cpu())
+        if progress:
+            progress(len(out[-1]))
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def bucket_rows(lengths: list[int], max_buckets: int = 4, overhead_tokens: int = 256,
                 exact: bool = False) -> list[list[int]]:
     """Split rows into ≤ max_buckets groups of similar length, minimising padded token slots.

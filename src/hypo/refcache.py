@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .data import TokenizedPair, fingerprint
-from .logprobs import pack_sequences
+from .logprobs import batched_logps
 
 CACHE_VERSION = 1
 
@@ -27,23 +27,26 @@ def cache_key(weights_fp: str, tokenizer_fp: str, pairs_fp: str, dtype: str) -> 
                         "pairs": pairs_fp, "dtype": dtype})
 
 
-@torch.no_grad()
 def compute_reference_logps(pairs: list[TokenizedPair], ref_logps_fn, pad_token_id: int,
                             batch_size: int, device, progress=None) -> torch.Tensor:
     """(n, 2) float32 tensor of [logp_ref(chosen), logp_ref(rejected)] per pair.
 
-    ref_logps_fn: SequenceBatch -> (N,) reference log-probs. progress: optional callable(n_done).
+    Each forward holds the chosen and the rejected responses of `batch_size` pairs.
+    ref_logps_fn: SequenceBatch -> (N,) reference log-probs. progress: optional callable(pairs done).
     """
-    out = torch.empty(len(pairs), 2, dtype=torch.float32)
+    prompts, responses, rows = [], [], []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start: start + batch_size]
-        prompts = [p.prompt_ids for p in chunk] * 2
-        responses = [p.chosen_ids for p in chunk] + [p.rejected_ids for p in chunk]
-        logps = ref_logps_fn(pack_sequences(prompts, responses, pad_token_id).to(device)).float().cpu()
-        out[start: start + len(chunk), 0] = logps[: len(chunk)]
-        out[start: start + len(chunk), 1] = logps[len(chunk):]
-        if progress:
-            progress(len(chunk))
+        chunk = range(start, min(start + batch_size, len(pairs)))
+        for column, field in enumerate(("chosen_ids", "rejected_ids")):
+            prompts += [pairs[i].prompt_ids for i in chunk]
+            responses += [getattr(pairs[i], field) for i in chunk]
+            rows += [(i, column) for i in chunk]
+    logps = batched_logps(ref_logps_fn, prompts, responses, pad_token_id, 2 * batch_size, device,
+                          progress=(lambda n: progress(n // 2)) if progress else None)
+    out = torch.empty(len(pairs), 2, dtype=torch.float32)
+    if rows:
+        index = torch.tensor(rows)
+        out[index[:, 0], index[:, 1]] = logps
     return out
 
 

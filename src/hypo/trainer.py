@@ -13,6 +13,7 @@ Then clip, check for non-finite values (never applied to the weights), step, log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -321,7 +322,7 @@ class Trainer:
                         sync = micro == accum - 1
 
                         def backward(part, last, sync=sync):  # gradients sync on the step's last
-                            with _null() if (sync and last) else acc.no_sync(self.model):
+                            with contextlib.nullcontext() if (sync and last) else acc.no_sync(self.model):
                                 acc.backward(part / accum)
 
                         loss, stats = self._micro_step(indices, prompts, self.ref_train,
@@ -566,14 +567,6 @@ class Trainer:
 
 
 ONLINE_KEYS = ("loss/kl", "kl/online", "online/length", "online/clipped_ratio")
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(cfg: TrainConfig) -> dict:

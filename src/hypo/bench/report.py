@@ -54,12 +54,8 @@ LABELS = {
 }
 
 
-def comparison_table(size: str, block: dict) -> Table:
-    t = Table(title=f"{size}: comparisons (ratio of medians; range = per-round ratios)", title_justify="left")
-    t.add_column("comparison")
-    t.add_column("value", justify="right")
-    t.add_column("target", justify="right")
-    t.add_column("met", justify="center")
+def comparison_rows(block: dict):
+    """(label, formatted value, target row or None, is-percentage) per reported comparison."""
     targets = {row["key"]: row for row in block["targets"]}
     for key, label in LABELS.items():
         c = block["comparisons"].get(key)
@@ -67,7 +63,16 @@ def comparison_table(size: str, block: dict) -> Table:
             continue
         pct = key.endswith("_mfu")
         value = _rng(c, 100, "{:.1f}%") if pct else _rng(c, fmt="{:.2f}")
-        row = targets.get(key)
+        yield label, value, targets.get(key), pct
+
+
+def comparison_table(size: str, block: dict) -> Table:
+    t = Table(title=f"{size}: comparisons (ratio of medians; range = per-round ratios)", title_justify="left")
+    t.add_column("comparison")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+    t.add_column("met", justify="center")
+    for label, value, row, pct in comparison_rows(block):
         target, met = "", ""
         if row:
             target = row["target"] if not pct else row["target"].replace("0.5", "50%")
@@ -119,14 +124,8 @@ def markdown_tables(result: dict) -> str:
                      _rng(m.get("peak_above_baseline_mb"), fmt="{:.0f}")]
             lines.append("| " + " | ".join([mode] + [c.replace("[dim]", "").replace("[/]", "") for c in cells]) + " |")
         lines += ["", "| comparison | value (range) | target | met |", "|---|---|---|---|"]
-        targets = {row["key"]: row for row in block["targets"]}
-        for key, label in LABELS.items():
-            c = block["comparisons"].get(key)
-            if not c:
-                continue
-            pct = key.endswith("_mfu")
-            value = (_rng(c, 100, "{:.1f}%") if pct else _rng(c, fmt="{:.2f}")).replace("[dim]", "").replace("[/]", "")
-            row = targets.get(key)
+        for label, value, row, _ in comparison_rows(block):
+            value = value.replace("[dim]", "").replace("[/]", "")
             lines.append(f"| {label.strip()} | {value} | {row['target'] if row else ''} | "
                          f"{'' if not row else ('yes' if row['met'] else 'no')} |")
         lines.append("")
