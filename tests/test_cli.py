@@ -96,3 +96,49 @@ def test_null_and_negative_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="save_steps"):
         TrainConfig(model_name_or_path="m", dataset_name="d", save_steps=-5).validate()
     assert TrainConfig.from_dict({"ref_cache_dir": None}).ref_cache_dir is None  # optional: fine
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--learning_rat", "1e-3"],  # was taken as --learning_rate
+    ["train", "--lr", "1e-3"],  # was taken as --lr_scheduler_type
+    ["eval", "--model", "m", "--prompts", "p.jsonl", "--ref", "r"],  # was --ref_model
+])
+def test_abbreviated_flags_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def option_help(text: str) -> dict[str, str]:
+    """--name -> its help text, from argparse's help output."""
+    import re
+
+    blocks = re.split(r"\n  (?=--)", text)
+    return {b.split()[0]: " ".join(b.split()) for b in blocks[1:]}
+
+
+def test_help_prints_each_default_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    text = help_text(capsys, "train")
+    assert "(default: None)" not in text
+    blocks = option_help(text)
+    for f in fields(TrainConfig):
+        block = blocks[f"--{f.name}"]
+        default = f.default
+        assert block.count("(default:") == (0 if default is None else 1), block
+        if default is not None:
+            assert f"(default: {default})" in block, block
+    assert "(default: 16)" in blocks["--lora_r"]
+
+
+def test_help_describes_the_new_behaviour(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    blocks = option_help(help_text(capsys, "train"))
+    assert "max_length // 2" in blocks["--max_prompt_length"]
+    assert "--dataset_split" in blocks["--dataset_train_split"]  # the older name, same option
+    assert "TRL 1.16's sigmoid loss ignores label_smoothing" in blocks["--label_smoothing"]
+    assert "per-token" in blocks["--loss_type"]
+    assert "Unlike transformers" in blocks["--eval_strategy"]
+    assert "disable_dropout" in blocks["--lora_dropout"]
+    assert "Abbreviated flags are refused" in help_text(capsys, "train")

@@ -35,19 +35,33 @@ def test_dpo_sigmoid_closed_form():
     assert abs(float(out.losses[0]) - math.log(1 + math.exp(-0.5))) < 1e-12
 
 
-def test_conservative_ipo_hinge_closed_form():
+def test_conservative_and_hinge_closed_form():
     pc, pr, rc, rr = logps(-1.0), logps(-2.0), logps(-1.2), logps(-1.7)
     u = 0.2 - (-0.3)  # 0.5
     beta, eps = 0.2, 0.1
     cdpo = preference_loss(pc, pr, rc, rr, beta, "sigmoid", eps).losses.item()
     sig = lambda z: 1 / (1 + math.exp(-z))
     assert abs(cdpo - (-(1 - eps) * math.log(sig(beta * u)) - eps * math.log(sig(-beta * u)))) < 1e-12
-    ipo = preference_loss(pc, pr, rc, rr, beta, "ipo").losses.item()
-    assert abs(ipo - (u - 1 / (2 * beta)) ** 2) < 1e-12
     hinge = preference_loss(pc, pr, rc, rr, beta, "hinge").losses.item()
     assert abs(hinge - max(0.0, 1 - beta * u)) < 1e-12
     with pytest.raises(ValueError, match="loss_type"):
         preference_loss(pc, pr, rc, rr, beta, "bogus")
+
+
+def test_ipo_uses_per_token_mean_log_ratios():
+    """IPO as TRL 1.16 / the IPO authors: ū = Δ+/|y+| − Δ−/|y−| with the summed log-ratios Δ."""
+    pc, pr, rc, rr = logps(-1.0, -6.0), logps(-2.0, -3.0), logps(-1.2, -5.0), logps(-1.7, -3.5)
+    lc, lr = torch.tensor([2, 4]), torch.tensor([5, 1])
+    beta = 0.2
+    out = preference_loss(pc, pr, rc, rr, beta, "ipo", chosen_lengths=lc, rejected_lengths=lr)
+    # pair 0: Δ+ = 0.2 over 2 tokens, Δ− = −0.3 over 5 -> ū = 0.1 + 0.06 = 0.16
+    assert abs(out.losses[0].item() - (0.16 - 1 / (2 * beta)) ** 2) < 1e-12
+    # pair 1: Δ+ = −1 over 4, Δ− = 0.5 over 1 -> ū = −0.25 − 0.5 = −0.75
+    assert abs(out.losses[1].item() - (-0.75 - 1 / (2 * beta)) ** 2) < 1e-12
+    # rewards stay β·(summed log-ratio), as for every loss type
+    assert torch.allclose(out.chosen_rewards, beta * (pc - rc))
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        preference_loss(pc, pr, rc, rr, beta, "ipo")
 
 
 @pytest.mark.parametrize("loss_type,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0),
@@ -55,7 +69,8 @@ def test_conservative_ipo_hinge_closed_form():
 def test_preference_loss_gradcheck(loss_type, smoothing):
     torch.manual_seed(0)
     args = [torch.randn(4, dtype=D, requires_grad=True) for _ in range(4)]
-    fn = lambda a, b, c, d: preference_loss(a, b, c, d, 0.3, loss_type, smoothing).losses
+    lengths = torch.tensor([1, 2, 3, 7]), torch.tensor([4, 1, 2, 5])
+    fn = lambda a, b, c, d: preference_loss(a, b, c, d, 0.3, loss_type, smoothing, *lengths).losses
     assert torch.autograd.gradcheck(fn, args)
 
 

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import MISSING, fields
 
-from .config import ConfigError, TrainConfig, coerce, field_type
+from .config import RENAMED, ConfigError, TrainConfig, coerce, field_type
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +28,18 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         groups[group_name] = group
         default = f.default if f.default is not MISSING else f.default_factory()
         typ = field_type(f)
+        # One "(default: ...)" per option, the real one (argparse's default is None = "not given";
+        # a None default is described by the help text itself).
+        shown = "" if default is None else f" (default: {default})"
         kwargs = {"default": None, "dest": f.name, "metavar": typ.__name__.upper(),
-                  "help": f"{f.metadata['help']} (default: {default})"}
+                  "help": f"{f.metadata['help']}{shown}"}
         if f.metadata.get("choices"):
             kwargs["choices"] = list(f.metadata["choices"])
             kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
         if typ is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
-        group.add_argument(f"--{f.name}", **kwargs)
+        old_names = [f"--{old}" for old, new in RENAMED.items() if new == f.name]
+        group.add_argument(f"--{f.name}", *old_names, **kwargs)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -159,14 +164,18 @@ def _add_common_eval_arguments(p: argparse.ArgumentParser, out: str) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hypo", description="HyPO (arXiv 2406.01462) and DPO preference fine-tuning of causal "
-        "language models, with coverage diagnostics.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        "language models, with coverage diagnostics.", allow_abbrev=False)
+    # No prefix matching anywhere: a mistyped flag (--learning_rat) must fail, not pick an option.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=functools.partial(argparse.ArgumentParser,
+                                                               allow_abbrev=False))
 
     train = sub.add_parser("train", help="train a causal LM with HyPO or DPO",
                            description="Train a causal LM with HyPO (DPO + reverse-KL on online "
                            "samples) or DPO. Every option can also be set in a YAML file given with "
-                           "--config; flags override the file.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           "--config; flags override the file. Names follow TRL's DPOConfig; where "
+                           "hypo's meaning differs, the option's help says so. Abbreviated flags "
+                           "are refused.")
     train.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names as "
                        "the flags).")
     _add_config_arguments(train)

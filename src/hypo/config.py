@@ -14,7 +14,14 @@ from typing import Any
 
 ALGOS = ("hypo", "dpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-SCHEDULERS = ("linear", "cosine", "constant")
+# transformers' SchedulerType values that need no extra arguments (cosine_with_min_lr,
+# warmup_stable_decay, reduce_lr_on_plateau and greedy do).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt")
+OPTIMS = ("adamw_torch", "adamw_torch_fused")
+STRATEGIES = ("no", "steps", "epoch")
+# Older names still accepted in YAML files, saved configs and checkpoints: old -> new.
+RENAMED = {"dataset_split": "dataset_train_split"}
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 TRACKERS = ("jsonl", "tensorboard", "wandb", "none", "all")
 
@@ -51,13 +58,37 @@ class TrainConfig:
                               "weights under output_dir/merged.", group="model")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save "
                                        "memory (slower).", group="model")
+    model_revision: str | None = opt(
+        None, "Branch, tag or commit of a hub model (and of its tokenizer when "
+        "tokenizer_name_or_path is unset); unset: the default branch.", group="model")
+    trust_remote_code: bool = opt(False, "Allow model and tokenizer code from the hub repository to "
+                                  "run (transformers' trust_remote_code).", group="model")
+    attn_implementation: str | None = opt(
+        None, "Attention kernel passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2', "
+        "...; unset: transformers' choice.", group="model")
+    lora_dropout: float = opt(
+        0.0, "Dropout on the LoRA branch, active only in the training forward of the offline pairs "
+        "(sampling, the KL term and evaluation run without it). π = π_ref still holds at step 0 "
+        "(LoRA's B starts at 0), but > 0 makes the policy's training log-probs stochastic. TRL's "
+        "DPOTrainer zeroes it (disable_dropout=True, its default); hypo applies it.", group="model")
 
     # ---- data ---------------------------------------------------------------------------------
     dataset_name: str | None = opt(
         None, "Preference data: a JSONL/JSON/Parquet/CSV file, a folder saved with datasets, or a hub "
         "dataset name. Records are TRL's standard (prompt/chosen/rejected strings) or conversational "
         "(lists of {role, content}) preference format.", group="data")
-    dataset_split: str = opt("train", "Split to train on (hub datasets and folders).", group="data")
+    dataset_config: str | None = opt(
+        None, "Configuration (subset) of a hub dataset_name: datasets.load_dataset(dataset_name, "
+        "dataset_config).", group="data")
+    dataset_train_split: str = opt(
+        "train", "Split of dataset_name to train on (hub datasets, datasets folders, JSON files "
+        "keyed by split); prompt_dataset_name is read with it too. --dataset_split is its older "
+        "name.", group="data")
+    dataset_test_split: str | None = opt(
+        None, "Split holding the evaluation pairs. With eval_dataset_name: the split read from it "
+        "(unset: dataset_train_split). Without: that split of dataset_name is the eval data (TRL's "
+        "layout; needs a source with splits, and eval_split_size 0). Unlike TRL (default 'test'), "
+        "unset never reads a test split of dataset_name.", group="data")
     eval_dataset_name: str | None = opt(
         None, "Separate preference data for evaluation; default: carve eval_split_size off the "
         "training data.", group="data")
@@ -68,8 +99,13 @@ class TrainConfig:
         "of the offline pairs in each batch.", group="data")
     max_length: int = opt(1024, "Maximum tokens of prompt + response; responses are cut to fit.",
                           group="data")
-    max_prompt_length: int = opt(512, "Maximum prompt tokens; longer prompts keep their last tokens.",
-                                 group="data")
+    max_prompt_length: int | None = opt(
+        None, "Maximum prompt tokens; longer prompts keep their last tokens. Unset: max_length − "
+        "max_completion_length if that is set, else max_length // 2. (TRL 1.16 has no prompt limit: "
+        "it drops pairs whose prompt alone fills max_length.)", group="data")
+    max_completion_length: int | None = opt(
+        None, "Maximum response tokens: chosen and rejected keep their first tokens; they are also "
+        "cut to fit max_length after the prompt. Unset: only max_length limits them.", group="data")
     skip_invalid_records: bool = opt(
         False, "Drop malformed records (and report a count per reason) instead of stopping with an "
         "error that names the file, record and field.", group="data")
@@ -78,10 +114,16 @@ class TrainConfig:
     algo: str = opt("hypo", "Training algorithm: 'hypo' (DPO + reverse-KL penalty on online "
                     "samples, arXiv 2406.01462) or 'dpo' (offline only).", ALGOS, group="algorithm")
     beta: float = opt(0.1, "DPO temperature β in h = β·(log-ratio margin).", group="algorithm")
-    loss_type: str = opt("sigmoid", "Offline contrastive loss: 'sigmoid' (DPO), 'ipo', 'hinge'.",
-                         LOSS_TYPES, group="algorithm")
-    label_smoothing: float = opt(0.0, "Conservative DPO: assumed probability that a preference "
-                                 "label is flipped (sigmoid loss only).", group="algorithm")
+    loss_type: str = opt(
+        "sigmoid", "Offline contrastive loss with the log-ratio margin u: 'sigmoid' (DPO, "
+        "−log σ(β·u)), 'hinge' (SLiC, max(0, 1 − β·u)) — both as TRL 1.16 — or 'ipo' ((ū − 1/(2β))², "
+        "ū the margin of per-token mean log-ratios, as TRL 1.16 and the IPO authors). See "
+        "docs/losses.md.", LOSS_TYPES, group="algorithm")
+    label_smoothing: float = opt(
+        0.0, "Conservative DPO (cDPO): assumed probability ε that a preference label is flipped; "
+        "loss −(1−ε)·log σ(β·u) − ε·log σ(−β·u) (sigmoid loss only). Unlike hypo, TRL 1.16's "
+        "sigmoid loss ignores label_smoothing (it uses it for its 'robust' and 'exo_pair' losses).",
+        group="algorithm")
     kl_coef: float = opt(0.1, "HyPO's λ: weight of the reverse-KL term KL(π‖π_ref) estimated on "
                          "online samples. 0 reproduces DPO exactly.", group="algorithm")
     num_online_samples: int = opt(2, "HyPO's k: responses sampled per online prompt (≥ 2, for the "
@@ -116,12 +158,18 @@ class TrainConfig:
 
     # ---- optimisation -------------------------------------------------------------------------
     learning_rate: float = opt(1e-6, "Peak AdamW learning rate.")
+    optim: str = opt("adamw_torch", "Optimizer: torch.optim.AdamW, 'adamw_torch' (for-each kernel) or "
+                     "'adamw_torch_fused' (fused kernel, same update up to rounding; transformers' "
+                     "default).", OPTIMS)
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     adam_beta1: float = opt(0.9, "AdamW β1.")
     adam_beta2: float = opt(0.999, "AdamW β2.")
     adam_epsilon: float = opt(1e-8, "AdamW ε.")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = no clipping).")
-    lr_scheduler_type: str = opt("linear", "Learning-rate schedule after warm-up.", SCHEDULERS)
+    lr_scheduler_type: str = opt(
+        "linear", "Learning-rate schedule after warm-up (transformers' get_scheduler). 'constant' "
+        "honours the warm-up here (as 'constant_with_warmup'); transformers' 'constant' ignores it.",
+        SCHEDULERS)
     warmup_steps: int = opt(0, "Linear warm-up steps (overrides warmup_ratio when > 0).")
     warmup_ratio: float = opt(0.0, "Warm-up as a fraction of the total steps.")
     per_device_train_batch_size: int = opt(8, "Preference pairs per micro-batch per device.")
@@ -135,10 +183,19 @@ class TrainConfig:
     output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
                           "(output_dir/checkpoint-N) go.", group="output")
     logging_steps: int = opt(1, "Log metrics every N optimizer steps.", group="output")
-    eval_steps: int = opt(0, "Evaluate every N steps (0 = only at the end, if there is eval data).",
-                          group="output")
-    save_steps: int = opt(500, "Write a checkpoint every N steps (0 = only the final model).",
-                          group="output")
+    eval_strategy: str = opt(
+        "steps", "When to evaluate, if there is eval data: 'steps' (every eval_steps and at the end), "
+        "'epoch' (whenever an optimizer step completes a pass over the training pairs, and at the "
+        "end) or 'no'. Unlike transformers (default 'no'), hypo evaluates at the end by default.",
+        STRATEGIES, group="output")
+    eval_steps: int = opt(0, "With eval_strategy 'steps': evaluate every N optimizer steps (0 = only "
+                          "at the end).", group="output")
+    save_strategy: str = opt(
+        "steps", "When to write checkpoints: 'steps' (every save_steps), 'epoch' (whenever an "
+        "optimizer step completes a pass over the training pairs) or 'no'. The final model is always "
+        "saved, and a SIGTERM/SIGINT always writes a checkpoint.", STRATEGIES, group="output")
+    save_steps: int = opt(500, "With save_strategy 'steps': write a checkpoint every N optimizer "
+                          "steps (0 = only the final model).", group="output")
     save_total_limit: int = opt(2, "Checkpoints to keep (the newest); at least 1.", group="output")
     report_to: str = opt("tensorboard", "Trackers besides the always-on metrics.jsonl: "
                          "'tensorboard', 'wandb', 'none', 'all', or a comma-separated list.",
@@ -197,9 +254,15 @@ class TrainConfig:
         need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be ≥ 1.")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 or ≥ 1.")
         need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0.")
-        need(self.max_prompt_length >= 1, "max_prompt_length", "must be ≥ 1.")
-        need(self.max_length > self.max_prompt_length, "max_length",
-             f"must exceed max_prompt_length={self.max_prompt_length} to leave room for a response.")
+        self._validate_lengths(need)
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1).")
+        need(self.dataset_test_split is None or self.eval_dataset_name is not None
+             or self.eval_split_size == 0, "dataset_test_split",
+             "two eval sources: use either dataset_test_split or eval_split_size, not both.")
+        need(self.dataset_test_split is None or self.eval_dataset_name is not None
+             or self.dataset_test_split != self.dataset_train_split, "dataset_test_split",
+             "is the training split: evaluating on the training pairs measures nothing. Name "
+             "another split, or use eval_split_size.")
         need(0 <= self.eval_split_size < 1, "eval_split_size", "must be in [0, 1).")
         need(self.save_total_limit >= 1, "save_total_limit", "must be ≥ 1.")
         need(self.logging_steps >= 1, "logging_steps", "must be ≥ 1.")
@@ -215,6 +278,29 @@ class TrainConfig:
         need(self.generation_backend != "vllm" or _installed("vllm"), "generation_backend",
              "vLLM is not installed: pip install 'hypo[vllm]' (GPU only), or use 'transformers'.")
         return self
+
+    def _validate_lengths(self, need) -> None:
+        """max_length alone is enough; an explicit max_prompt_length must leave room for a response."""
+        need(self.max_length >= 2, "max_length", "must be ≥ 2 (a prompt token and a response token).")
+        if self.max_completion_length is not None:
+            need(self.max_completion_length >= 1, "max_completion_length", "must be ≥ 1.")
+        if self.max_prompt_length is not None:
+            need(self.max_prompt_length >= 1, "max_prompt_length", "must be ≥ 1.")
+            need(self.max_prompt_length < self.max_length, "max_prompt_length",
+                 f"must be below max_length={self.max_length} to leave room for a response; lower "
+                 "it, raise max_length, or leave max_prompt_length unset (then max_length // 2).")
+        elif self.max_completion_length is not None:
+            need(self.max_completion_length < self.max_length, "max_completion_length",
+                 f"must be below max_length={self.max_length}: the prompt limit is derived as "
+                 "max_length − max_completion_length. Lower it or set max_prompt_length.")
+
+    def prompt_limit(self) -> int:
+        """The prompt token limit in force: max_prompt_length, or derived from max_length."""
+        if self.max_prompt_length is not None:
+            return self.max_prompt_length
+        if self.max_completion_length is not None:
+            return self.max_length - self.max_completion_length
+        return self.max_length // 2
 
     def trackers(self) -> list[str]:
         """report_to as a list ('all' = tensorboard + wandb, 'none' = []). JSONL is always on."""
@@ -232,6 +318,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
         known = {f.name: f for f in fields(cls)}
+        data = upgrade_names(data, source)
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
@@ -255,6 +342,30 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
         return cls.from_dict(data, source=str(path))
+
+
+def upgrade_names(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Settings written under an older name (RENAMED) carried to the current one."""
+    out = dict(data)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out and out[new] != out[old]:
+                raise ConfigError(f"{source}: both {old} (older name) and {new} are set, to "
+                                  f"different values; keep only {new}.")
+            out[new] = out.pop(old)
+    return out
+
+
+def result_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The RESULT_FIELDS of a saved config, comparable across versions: older names carried over,
+    settings added since filled with their defaults (the behaviour of the run that wrote it), and
+    max_prompt_length as the limit in force."""
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in upgrade_names(data).items() if k in known}
+    cfg = TrainConfig(**values)
+    out = {f: getattr(cfg, f) for f in RESULT_FIELDS}
+    out["max_prompt_length"] = cfg.prompt_limit()
+    return out
 
 
 def _installed(module: str) -> bool:
@@ -305,8 +416,9 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
 # Settings that change results: resuming with any of these changed is refused.
 RESULT_FIELDS = (
     "model_name_or_path", "tokenizer_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha",
-    "lora_target_modules", "dataset_name", "dataset_split", "eval_dataset_name",
-    "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length",
+    "lora_target_modules", "lora_dropout", "model_revision", "dataset_name", "dataset_config",
+    "dataset_train_split", "dataset_test_split", "eval_dataset_name",
+    "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length", "max_completion_length",
     "skip_invalid_records", "algo", "beta", "loss_type", "label_smoothing", "kl_coef",
     "num_online_samples", "online_prompts_per_step", "max_new_tokens", "temperature", "top_k",
     "top_p", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",

@@ -90,8 +90,10 @@ def _read_jsonl(data: bytes, source: str) -> Records:
     return records
 
 
-def _read_file(path: Path, split: str, source: str) -> list:
+def _read_file(path: Path, split: str, source: str, require_split: bool = False) -> list:
     suffix = path.suffix.lower()
+    if require_split and suffix != ".json":
+        raise _no_split(source, split, "a single-table file has no splits")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
         return pq.read_table(path).to_pylist()
@@ -109,8 +111,12 @@ def _read_file(path: Path, split: str, source: str) -> list:
                             "Fix the file or save it as JSON Lines.", "invalid_json") from None
         except (ValueError, RecursionError) as e:
             raise DataError(f"{source}: not valid JSON ({e}).", "invalid_json") from None
+        if isinstance(obj, dict) and require_split and split not in obj:
+            raise _no_split(source, split, f"the JSON object has no '{split}' key")
         if isinstance(obj, dict):
             obj = obj.get(split, obj.get("data", obj))
+        elif require_split:
+            raise _no_split(source, split, "a JSON array has no splits")
         if not isinstance(obj, list):
             raise DataError(f"{source}: expected a JSON array of records (or an object with a "
                             f"'{split}' or 'data' array). Wrap the records in [...].",
@@ -125,7 +131,13 @@ def _read_file(path: Path, split: str, source: str) -> list:
                     f"{', '.join(_SUFFIXES)}, a datasets folder or a hub dataset name.", "file")
 
 
-def _from_datasets(name: str, split: str, path: Path | None) -> list:
+def _no_split(source: str, split: str, why: str) -> DataError:
+    return DataError(f"{source}: no split '{split}' to evaluate on ({why}). Give the eval pairs as "
+                     "eval_dataset_name, or hold some out with eval_split_size.", "file")
+
+
+def _from_datasets(name: str, split: str, path: Path | None, config: str | None = None,
+                   require_split: bool = False) -> list:
     import datasets
     if path is not None and any((path / f).exists() for f in
                                 ("dataset_dict.json", "state.json", "dataset_info.json")):
@@ -135,15 +147,20 @@ def _from_datasets(name: str, split: str, path: Path | None) -> list:
                 raise DataError(f"{name}: no split '{split}' (has {', '.join(ds)}). "
                                 "Pass one of those as the split.", "file")
             ds = ds[split]
+        elif require_split:
+            raise _no_split(name, split, "a saved Dataset has no splits")
     else:
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, config, split=split)
     return ds.to_list()
 
 
-def load_records(name: str, split: str = "train") -> tuple[list, str]:
+def load_records(name: str, split: str = "train", config: str | None = None,
+                 require_split: bool = False) -> tuple[list, str]:
     """Raw records and a source label from a file, a datasets folder or a hub dataset name.
 
-    JSONL is parsed line by line (the returned list's ``lines`` maps records to lines).
+    JSONL is parsed line by line (the returned list's ``lines`` maps records to lines). ``config``
+    is a hub dataset's configuration. ``require_split``: the source must really hold ``split``
+    (a single-table file would otherwise give all its records for any split name).
     """
     if not isinstance(name, str) or not name:
         raise DataError(f"{name!r}: no data source given. Pass a file, folder or hub dataset name.",
@@ -152,14 +169,14 @@ def load_records(name: str, split: str = "train") -> tuple[list, str]:
     try:
         path = Path(name)
         if path.is_file():
-            return _read_file(path, split, name), name
+            return _read_file(path, split, name, require_split), name
         if path.is_dir():
-            return _from_datasets(name, split, path), name
+            return _from_datasets(name, split, path, require_split=require_split), name
         if path.suffix.lower() in _SUFFIXES or not _HUB_NAME.match(name):
             raise DataError(f"{name}: file does not exist. Check the path (relative paths start "
                             f"from {Path.cwd()}).", "file")
         local = False
-        return _from_datasets(name, split, None), name
+        return _from_datasets(name, split, None, config), name
     except DataError:
         raise
     except Exception as e:  # any loader failure becomes a DataError naming the source
@@ -359,9 +376,11 @@ def parse_prompts(records: list, source: str, skip_invalid: bool = False
     return [PromptExample(v[0], index=i, source=source) for i, v in out], dropped
 
 
-def load_preferences(name: str, split: str = "train", skip_invalid: bool = False
+def load_preferences(name: str, split: str = "train", skip_invalid: bool = False,
+                     config: str | None = None, require_split: bool = False
                      ) -> tuple[list[PreferenceExample], dict[str, int]]:
-    return parse_preferences(*load_records(name, split), skip_invalid=skip_invalid)
+    records, source = load_records(name, split, config, require_split)
+    return parse_preferences(records, source, skip_invalid=skip_invalid)
 
 
 def load_prompts(name: str, split: str = "train", skip_invalid: bool = False
@@ -447,8 +466,10 @@ def _cut_prompt(ids: list[int], max_prompt_length: int) -> list[int]:
 
 
 def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int,
-                   max_prompt_length: int) -> tuple[list[TokenizedPair], TokenizeStats]:
-    """Tokenize and truncate pairs: prompts keep their last tokens, responses their first."""
+                   max_prompt_length: int, max_completion_length: int | None = None
+                   ) -> tuple[list[TokenizedPair], TokenizeStats]:
+    """Tokenize and truncate pairs: prompts keep their last ``max_prompt_length`` tokens,
+    responses their first ``min(max_completion_length, max_length − len(prompt))``."""
     if not 1 <= max_prompt_length < max_length:
         raise ValueError(f"need 1 <= max_prompt_length ({max_prompt_length}) < max_length "
                          f"({max_length}) to leave room for a response")
@@ -464,6 +485,8 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
             prompt = _cut_prompt(prompt, max_prompt_length)
             stats.truncated_prompts += 1
         room = max_length - len(prompt)
+        if max_completion_length is not None:
+            room = min(room, max_completion_length)
         if len(chosen) > room or len(rejected) > room:
             chosen, rejected = chosen[:room], rejected[:room]
             stats.truncated_responses += 1
@@ -473,7 +496,8 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
         pairs.append(TokenizedPair(prompt, chosen, rejected, ex.index))
     if examples and not pairs:
         raise DataError(f"{examples[0].source or '<data>'}: all {len(examples)} pairs are "
-                        f"identical after truncation to max_length={max_length}. Raise max_length.",
+                        f"identical after truncation to max_length={max_length}, "
+                        f"max_completion_length={max_completion_length}. Raise them.",
                         "identical_responses")
     return pairs, stats
 

@@ -30,6 +30,8 @@ def preference_loss(
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> PreferenceOutput:
     """Offline contrastive loss per pair (DPO family).
 
@@ -37,12 +39,23 @@ def preference_loss(
 
     - ``sigmoid`` (DPO, Rafailov et al. 2023; the ℓ_dpo term of HyPO, 2406.01462 §5):
       −(1−ε)·log σ(β·u) − ε·log σ(−β·u); ε = ``label_smoothing`` gives conservative DPO (cDPO).
-    - ``ipo`` (Azar et al. 2023): (u − 1/(2β))².
-    - ``hinge`` (SLiC, Zhao et al. 2023): max(0, 1 − β·u).
+      With ε = 0 this is TRL 1.16's ``sigmoid``; TRL ignores ε there.
+    - ``ipo`` (Azar et al. 2023, Eq. 17 with τ = β): (ū − 1/(2β))², where ū is the margin of
+      per-token MEAN log-ratios, (logp_π(y+) − logp_ref(y+))/|y+| − (logp_π(y−) − logp_ref(y−))/|y−|
+      (as TRL 1.16 and the IPO authors' results; needs the response lengths).
+    - ``hinge`` (SLiC, Zhao et al. 2023): max(0, 1 − β·u), as TRL 1.16.
 
-    Args: four tensors of shape (B,); returns a PreferenceOutput of (B,) tensors.
+    Args: four log-prob tensors of shape (B,); for ``ipo`` also the response token counts
+    ``chosen_lengths`` / ``rejected_lengths`` (B,). Returns a PreferenceOutput of (B,) tensors;
+    the rewards are β·(summed log-ratio) for every loss type.
     """
     margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    if loss_type == "ipo":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("loss_type 'ipo' needs chosen_lengths and rejected_lengths (response "
+                             "token counts) for its per-token mean log-ratios.")
+        margin = ((policy_chosen_logps - ref_chosen_logps) / chosen_lengths.clamp(min=1)
+                  - (policy_rejected_logps - ref_rejected_logps) / rejected_lengths.clamp(min=1))
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * margin)
         if label_smoothing:

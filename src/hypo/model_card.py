@@ -24,7 +24,7 @@ HYPERPARAMETERS = (
     "online_prompts_per_step", "max_new_tokens", "temperature", "top_k", "top_p",
     "generation_backend", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
     "weight_decay", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_steps", "num_train_epochs", "max_length", "max_prompt_length", "dtype", "use_peft",
+    "max_steps", "num_train_epochs", "max_length", "max_prompt_length", "max_completion_length", "dtype", "use_peft",
     "lora_r", "lora_alpha", "lora_target_modules", "seed",
 )
 
@@ -90,7 +90,7 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
              "## Base model", "", f"`{cfg.model_name_or_path}`"
              + (f" (tokenizer `{cfg.tokenizer_name_or_path}`)" if cfg.tokenizer_name_or_path else ""),
              "", "## Data", "",
-             f"- preference pairs: `{cfg.dataset_name}` (split `{cfg.dataset_split}`)"]
+             f"- preference pairs: `{cfg.dataset_name}` (split `{cfg.dataset_train_split}`)"]
     for key, label in (("train_pairs", "training pairs"), ("eval_pairs", "evaluation pairs"),
                        ("dropped_invalid", "invalid records dropped"),
                        ("prompt_records", "online prompts")):
@@ -103,7 +103,8 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
         lines.append(f"- online prompts from `{cfg.prompt_dataset_name}`")
     lines += ["", "## Algorithm", "", _algorithm(cfg), "", "## Hyper-parameters", "",
               "| setting | value |", "|---|---|"]
-    lines += [f"| {name} | {_value(getattr(cfg, name))} |" for name in HYPERPARAMETERS
+    limits = {"max_prompt_length": cfg.prompt_limit()}  # the limit in force, also when derived
+    lines += [f"| {name} | {_value(limits.get(name, getattr(cfg, name)))} |" for name in HYPERPARAMETERS
               if hasattr(cfg, name)]
     lines += ["", "## Final metrics", ""]
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}

@@ -20,12 +20,20 @@ from .logprobs import SequenceBatch, sequence_logps
 DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(name: str):
+def tokenizer_kwargs(cfg: TrainConfig) -> dict:
+    """from_pretrained options of the run's tokenizer: the model's revision applies only when the
+    tokenizer comes from the model's own repository."""
+    revision = None if cfg.tokenizer_name_or_path else cfg.model_revision
+    return {"revision": revision, "trust_remote_code": cfg.trust_remote_code}
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """AutoTokenizer with a pad token (eos when the tokenizer has none)."""
     from transformers import AutoTokenizer
 
+    kwargs = {"trust_remote_code": trust_remote_code, **({"revision": revision} if revision else {})}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
         raise ConfigError(f"could not load the tokenizer {name!r}: {err}. Pass a local folder or a "
                           "hub id that is reachable (tokenizer_name_or_path).") from None
@@ -36,11 +44,15 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: str = "float32"):
+def load_causal_lm(name: str, dtype: str = "float32", revision: str | None = None,
+                   trust_remote_code: bool = False, attn_implementation: str | None = None):
     """AutoModelForCausalLM from a hub id or folder, in eval mode (dropout off)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {} if dtype == "auto" else {"dtype": DTYPE[dtype]}
+    kwargs["trust_remote_code"] = trust_remote_code
+    kwargs.update({k: v for k, v in (("revision", revision),
+                                      ("attn_implementation", attn_implementation)) if v})
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as err:  # noqa: BLE001
@@ -78,7 +90,8 @@ class PolicyPair:
 
 def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
     """Load the model named in cfg, add LoRA if asked, and set up the reference."""
-    model = load_causal_lm(cfg.model_name_or_path, cfg.dtype)
+    model = load_causal_lm(cfg.model_name_or_path, cfg.dtype, cfg.model_revision,
+                           cfg.trust_remote_code, cfg.attn_implementation)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -87,7 +100,7 @@ def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
 
         targets = cfg.lora_target_modules
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora).eval()
         return PolicyPair(model, None, is_peft=True)
@@ -96,6 +109,22 @@ def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
         reference = copy.deepcopy(model).eval()
         reference.requires_grad_(False)
     return PolicyPair(model, reference, is_peft=False)
+
+
+@contextlib.contextmanager
+def lora_dropout_active(model: torch.nn.Module, active: bool = True):
+    """Switch on LoRA's dropout (peft's ``lora_dropout`` modules) for a block, leaving every other
+    module, the base model's dropout included, in eval mode. No-op without LoRA dropout."""
+    drops = [m for name, m in model.named_modules()
+             if ".lora_dropout." in f".{name}." and isinstance(m, torch.nn.Dropout)] if active else []
+    before = [m.training for m in drops]
+    for m in drops:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, mode in zip(drops, before):
+            m.train(mode)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from accelerate.utils import DistributedType
 
 from . import checkpoint as ckpt
 from .batching import IndexStream, pack_samples
-from .config import RESULT_FIELDS, ConfigError, TrainConfig
+from .config import RESULT_FIELDS, ConfigError, TrainConfig, result_settings
 from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    load_preferences, load_prompts, split_eval, tokenize_pairs,
                    tokenize_prompts)
@@ -34,6 +34,7 @@ from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_t
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .modeling import lora_dropout_active, tokenizer_kwargs
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -62,29 +63,55 @@ class RunData:
 
 def prepare_data(cfg: TrainConfig) -> RunData:
     """Load, validate and tokenize everything; fails with DataError before any model loads."""
-    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path)
-    train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_split, cfg.skip_invalid_records)
+    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+                               **tokenizer_kwargs(cfg))
+    train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_train_split,
+                                         cfg.skip_invalid_records, cfg.dataset_config)
     report = {"train_records": len(train_ex), "dropped_invalid": dropped}
     if cfg.eval_dataset_name:
-        eval_ex, eval_dropped = load_preferences(cfg.eval_dataset_name, cfg.dataset_split,
-                                                 cfg.skip_invalid_records)
+        eval_ex, eval_dropped = load_preferences(
+            cfg.eval_dataset_name, cfg.dataset_test_split or cfg.dataset_train_split,
+            cfg.skip_invalid_records)
+        report["eval_dropped_invalid"] = eval_dropped
+    elif cfg.dataset_test_split:  # TRL's layout: the test split of the same dataset
+        eval_ex, eval_dropped = load_preferences(cfg.dataset_name, cfg.dataset_test_split,
+                                                 cfg.skip_invalid_records, cfg.dataset_config,
+                                                 require_split=True)
         report["eval_dropped_invalid"] = eval_dropped
     else:
         train_ex, eval_ex = split_eval(train_ex, cfg.eval_split_size, cfg.seed)
-    train, stats = tokenize_pairs(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length)
-    evals, eval_stats = tokenize_pairs(eval_ex, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    limits = (cfg.max_length, cfg.prompt_limit(), cfg.max_completion_length)
+    train, stats = tokenize_pairs(train_ex, tokenizer, *limits)
+    evals, eval_stats = tokenize_pairs(eval_ex, tokenizer, *limits)
     report["train_tokenize"], report["eval_tokenize"] = vars(stats), vars(eval_stats)
     if not train:
         raise DataError(f"{cfg.dataset_name}: no usable preference pair is left after validation "
                         f"and truncation ({report}).")
     prompts = None
     if cfg.prompt_dataset_name:
-        prompt_ex, prompt_dropped = load_prompts(cfg.prompt_dataset_name, cfg.dataset_split,
+        prompt_ex, prompt_dropped = load_prompts(cfg.prompt_dataset_name, cfg.dataset_train_split,
                                                  cfg.skip_invalid_records)
-        prompts = tokenize_prompts(prompt_ex, tokenizer, cfg.max_prompt_length)
+        prompts = tokenize_prompts(prompt_ex, tokenizer, cfg.prompt_limit())
         report["prompt_records"], report["prompt_dropped_invalid"] = len(prompts), prompt_dropped
     report["train_pairs"], report["eval_pairs"] = len(train), len(evals)
     return RunData(tokenizer, train, evals, prompts, report)
+
+
+def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
+    """torch.optim.AdamW as cfg.optim says: for-each ('adamw_torch') or fused kernel."""
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=True if cfg.optim == "adamw_torch_fused" else None)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    """transformers' get_scheduler for cfg.lr_scheduler_type, with the warm-up of cfg."""
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    # 'constant' still honours the warm-up (transformers' "constant" ignores it).
+    name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler_type, cfg.lr_scheduler_type)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 class Trainer:
@@ -136,15 +163,8 @@ class Trainer:
         self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
         self.fast_head = self._check_target_only_head()
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-        self.model, self.optimizer = self.acc.prepare(self.pair.policy, optimizer)
-        from transformers import get_scheduler
-
-        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * self.total_steps)
-        name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler_type, cfg.lr_scheduler_type)
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warmup,
-                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(self.pair.policy, make_optimizer(cfg, trainable))
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
         self.pairs_stream = IndexStream(len(self.data.train), cfg.seed)
         self.prompt_stream = IndexStream(len(self.data.prompts), cfg.seed + 7) if self.data.prompts else None
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
@@ -237,14 +257,16 @@ class Trainer:
 
         # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
         b = len(batch_pairs)
-        with torch.set_grad_enabled(train):
+        with torch.set_grad_enabled(train), lora_dropout_active(self.model, train):
             logps, _ = bucketed_logps(self.model, [p.prompt_ids for p in batch_pairs] * 2,
                                       [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs],
                                       self.pad, device, cfg.length_buckets, self.fast_head,
                                                self.multi)
         ref_pairs = ref[indices].to(device)
+        lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in batch_pairs],
+                               device=device)  # response tokens, for ipo's per-token mean
         out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
-                              cfg.beta, cfg.loss_type, cfg.label_smoothing)
+                              cfg.beta, cfg.loss_type, cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
         if train and not (kl_term and self.single_backward):
             backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
@@ -342,16 +364,16 @@ class Trainer:
                         self.logger.log(metrics, self.step)
                     advance(1, f"loss {metrics['loss']:.4f}" +
                             (f"  kl {metrics['kl/online']:.3f}" if "kl/online" in metrics else ""))
-                    if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.data.eval:
+                    if self._due("eval", self.step) and self.data.eval:
                         last_eval = self.evaluate()
                         self.logger.log(last_eval, self.step)
-                    if cfg.save_steps and self.step % cfg.save_steps == 0:
+                    if self._due("save", self.step):
                         self.save_checkpoint()
                     if self._stop_requested():
-                        if not (cfg.save_steps and self.step % cfg.save_steps == 0):
+                        if not self._due("save", self.step):
                             self.save_checkpoint()
                         raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
-            if self.data.eval and (not cfg.eval_steps or self.step % cfg.eval_steps):
+            if self.data.eval and cfg.eval_strategy != "no" and not self._due("eval", self.step):
                 last_eval = self.evaluate()
                 self.logger.log(last_eval, self.step)
             self.save_model()
@@ -359,6 +381,19 @@ class Trainer:
             self.logger.close()
             self._restore_signal_handlers()
         return {"step": self.step, **last_eval}
+
+    def _due(self, what: str, step: int) -> bool:
+        """Whether evaluation ('eval') or a checkpoint ('save') is due after optimizer step `step`
+        under eval_strategy / save_strategy. 'epoch': the step's pairs complete a pass over the
+        training pairs (the data cursor crosses a multiple of their number)."""
+        strategy = getattr(self.cfg, f"{what}_strategy")
+        if strategy == "steps":
+            every = getattr(self.cfg, f"{what}_steps")
+            return bool(every) and step % every == 0
+        if strategy == "epoch":
+            per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
+            return step * per_step // n > (step - 1) * per_step // n
+        return False
 
     def _finish_step(self, totals: dict, losses: list[float]) -> dict:
         """Clip, guard against non-finite values, apply the update; returns the step's metrics."""
@@ -487,8 +522,8 @@ class Trainer:
             console.print(f"no checkpoint in {self.cfg.output_dir}: starting from step 0")
             return
         manifest, trainable, state = ckpt.load_checkpoint(folder)
-        old = state["config"]
-        changed = [f for f in RESULT_FIELDS if old.get(f) != getattr(self.cfg, f)]
+        old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
+        changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
         changed += [f"fingerprint:{k}" for k, v in manifest["fingerprints"].items()
                     if self.fingerprints.get(k) != v]
         if changed:

@@ -43,7 +43,7 @@ def make_sampler(cfg, tokenizer, stop_ids: list[int], seed: int | None = None):
                            cfg.temperature, cfg.top_k, cfg.top_p, stop_ids,
                            model_name=cfg.model_name_or_path, dtype=cfg.dtype,
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                           max_model_len=cfg.max_prompt_length + cfg.max_new_tokens)
+                           max_model_len=cfg.prompt_limit() + cfg.max_new_tokens)
     return OnlineSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
                          cfg.temperature, cfg.top_k, cfg.top_p, stop_ids)
 
