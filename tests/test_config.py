@@ -240,3 +240,34 @@ def test_dataset_config_reaches_load_dataset(base_config, monkeypatch, tiny):
     data = prepare_data(base_config(dataset_name="org/prefs", dataset_config="en",
                                     dataset_train_split="train_prefs"))
     assert calls == [("org/prefs", "en", "train_prefs")] and len(data.train) == 12
+
+
+# ---- eval_strategy / save_strategy --------------------------------------------------------------
+
+def run_steps(base_config, tmp_path, name, **overrides):
+    from hypo.tiny import synthetic_preferences, write_jsonl
+    from hypo.tracking import read_metrics
+    from hypo.trainer import Trainer
+
+    data = write_jsonl(synthetic_preferences(12, seed=4), tmp_path / "twelve.jsonl")
+    cfg = base_config(algo="dpo", dataset_name=str(data), eval_dataset_name=str(data), max_steps=5,
+                      per_device_train_batch_size=8, save_total_limit=10,
+                      output_dir=str(tmp_path / name), **overrides)
+    Trainer(cfg).train()
+    evals = [m["step"] for m in read_metrics(cfg.output_dir) if "eval_loss" in m]
+    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / name).glob("checkpoint-*"))
+    return evals, saved
+
+
+def test_epoch_strategy_acts_at_epoch_boundaries(base_config, tmp_path):
+    # 12 pairs, 8 per step: steps 2 (16), 3 (24) and 5 (40) complete a pass over the data.
+    evals, saved = run_steps(base_config, tmp_path, "epoch", eval_strategy="epoch", save_strategy="epoch")
+    assert evals == [2, 3, 5] and saved == [2, 3, 5]
+
+
+def test_no_strategy_and_steps_strategy(base_config, tmp_path):
+    evals, saved = run_steps(base_config, tmp_path, "no", eval_strategy="no", save_strategy="no",
+                             eval_steps=1, save_steps=1)
+    assert evals == [] and saved == []
+    evals, saved = run_steps(base_config, tmp_path, "steps", eval_steps=2, save_steps=2)
+    assert evals == [2, 4, 5] and saved == [2, 4]  # every N steps; eval also at the end

@@ -139,7 +139,8 @@ def split_row(input_ids: torch.Tensor, attention: torch.Tensor, completion: torc
     return ids[:prompt_len], ids[prompt_len:]
 
 
-def hypo_metrics(policy, reference, pairs, pad_token_id: int) -> tuple[torch.Tensor, dict]:
+def hypo_metrics(policy, reference, pairs, pad_token_id: int, loss_type: str = "sigmoid",
+                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
     """hypo's DPO loss and metrics on ``pairs``, computed exactly as ``Trainer._micro_step`` does
     (one forward over [chosen | rejected]; means over the pairs)."""
     b = len(pairs)
@@ -149,7 +150,9 @@ def hypo_metrics(policy, reference, pairs, pad_token_id: int) -> tuple[torch.Ten
     logps = sequence_logps(policy, batch)
     with torch.no_grad():
         ref = sequence_logps(reference, batch)
-    out = preference_loss(logps[:b], logps[b:], ref[:b], ref[b:], BETA, "sigmoid")
+    lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs])
+    out = preference_loss(logps[:b], logps[b:], ref[:b], ref[b:], BETA, loss_type, label_smoothing,
+                          lengths[:, 0], lengths[:, 1])
     loss = out.losses.mean()
     metrics = {
         "loss": float(loss.detach()),
@@ -174,8 +177,16 @@ def assert_close(hypo: dict, trl_values: dict, keys=METRICS, tol=TOL) -> float:
 
 # ---- 1. function level --------------------------------------------------------------------------
 
+# Every loss variant hypo claims matches TRL 1.16 (docs/losses.md), with and without truncation
+# (ipo's per-token means depend on the truncated lengths). ("sigmoid", 0.1): TRL's sigmoid loss
+# ignores label_smoothing, so TRL with 0.1 equals hypo with 0 (hypo's 0.1 is cDPO; checked below).
+LOSS_CASES = [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("sigmoid", 0.1)]
+
+
+@pytest.mark.parametrize("loss_type,label_smoothing", LOSS_CASES,
+                         ids=[f"{t}-{e}" for t, e in LOSS_CASES])
 @pytest.mark.parametrize("max_length", [64, 7], ids=["no-truncation", "responses-truncated"])
-def test_first_batch_matches_trl_compute_loss(parity, max_length):
+def test_first_batch_matches_trl_compute_loss(parity, max_length, loss_type, label_smoothing):
     tok = load_tokenizer(parity["model"])
     records = parity["records"]
     reference = load_causal_lm(parity["model"])
@@ -197,7 +208,8 @@ def test_first_batch_matches_trl_compute_loss(parity, max_length):
         assert stats.truncated_responses == 0
 
     batch_size = 4
-    args = dpo_config(parity["root"] / f"trl-fn-{max_length}", batch_size, max_length)
+    args = dpo_config(parity["root"] / f"trl-fn-{max_length}", batch_size, max_length,
+                      loss_type=loss_type, label_smoothing=label_smoothing)
     trainer = trl_trainer(policy, reference, tok, records, args)
 
     # (a) Tokenization: TRL's untruncated per-record ids == hypo's, record by record.
@@ -232,7 +244,12 @@ def test_first_batch_matches_trl_compute_loss(parity, max_length):
     trl_values["loss"] = float(trl_loss.detach())
 
     # (d) hypo on the same pairs, in TRL's order.
-    hypo_loss, extra = hypo_metrics(hypo_policy, hypo_reference, batch_pairs, tok.pad_token_id)
+    hypo_loss, extra = hypo_metrics(hypo_policy, hypo_reference, batch_pairs, tok.pad_token_id,
+                                    loss_type)
+    if label_smoothing:  # hypo's cDPO really differs from TRL's (label-smoothing-free) sigmoid
+        cdpo, _ = hypo_metrics(hypo_policy, hypo_reference, batch_pairs, tok.pad_token_id,
+                               loss_type, label_smoothing)
+        assert abs(float(cdpo.detach()) - float(trl_loss.detach())) > 1e-3
     packed = extra["batch"]
     assert torch.equal(packed.input_ids, ids)
     assert torch.equal(packed.attention_mask, attn)
@@ -257,7 +274,12 @@ def test_first_batch_matches_trl_compute_loss(parity, max_length):
 
 # ---- 2. trainer level ---------------------------------------------------------------------------
 
-def test_trainer_steps_match_trl_trainer(parity, tmp_path):
+# Step-1 loss with π = π_ref (margin 0): sigmoid log 2, ipo (1/(2β))², hinge 1.
+STEP1_LOSS = {"sigmoid": 0.6931471805599453, "ipo": (1 / (2 * BETA)) ** 2, "hinge": 1.0}
+
+
+@pytest.mark.parametrize("loss_type", sorted(STEP1_LOSS))
+def test_trainer_steps_match_trl_trainer(parity, tmp_path, loss_type):
     from hypo.trainer import Trainer
 
     lr, steps, max_length = 1e-3, 2, 64
@@ -265,7 +287,7 @@ def test_trainer_steps_match_trl_trainer(parity, tmp_path):
 
     cfg = TrainConfig(
         model_name_or_path=parity["model"], dataset_name=parity["data"], algo="dpo", beta=BETA,
-        loss_type="sigmoid", learning_rate=lr, max_steps=steps, per_device_train_batch_size=N_PAIRS,
+        loss_type=loss_type, learning_rate=lr, max_steps=steps, per_device_train_batch_size=N_PAIRS,
         gradient_accumulation_steps=1, max_length=max_length, max_prompt_length=max_length - 1,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=0,
         output_dir=str(tmp_path / "hypo"), ref_cache_dir=str(tmp_path / "ref-cache"),
@@ -274,15 +296,16 @@ def test_trainer_steps_match_trl_trainer(parity, tmp_path):
     hypo_log = {m["step"]: m for m in read_metrics(cfg.output_dir) if "rewards/chosen" in m}
 
     # ref_model=None and precompute off: TRL loads a second copy of the model from the path.
-    args = dpo_config(tmp_path / "trl", N_PAIRS, max_length, learning_rate=lr, max_steps=steps)
+    args = dpo_config(tmp_path / "trl", N_PAIRS, max_length, learning_rate=lr, max_steps=steps,
+                      loss_type=loss_type)
     trainer = trl_trainer(parity["model"], None, tok, parity["records"], args)
     assert trainer.model.dtype == torch.float32
     trainer.train()
     trl_log = {m["step"]: m for m in trainer.state.log_history if "rewards/chosen" in m}
 
     assert sorted(hypo_log) == sorted(trl_log) == [1, 2]
-    # Step 1: π = π_ref in both, so loss = log 2 and rewards are exactly 0.
-    assert abs(hypo_log[1]["loss"] - 0.6931471805599453) < 1e-6
+    # Step 1: π = π_ref in both, so the margin and the rewards are exactly 0.
+    assert abs(hypo_log[1]["loss"] - STEP1_LOSS[loss_type]) < 1e-5
     assert_close(hypo_log[1], trl_log[1])
     # Step 2: after one identical AdamW update the rewards are non-zero.
     assert abs(hypo_log[2]["rewards/margins"]) > 1e-2
