@@ -232,8 +232,8 @@ def test_dataset_config_reaches_load_dataset(base_config, monkeypatch, tiny):
     records = [json.loads(x) for x in open(tiny["data"]).read().splitlines()[:12]]
     calls = []
 
-    def fake_load_dataset(name, config=None, split=None):
-        calls.append((name, config, split))
+    def fake_load_dataset(path, split=None, name=None):
+        calls.append((path, name, split))
         return datasets.Dataset.from_list(records)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)

@@ -150,7 +150,8 @@ def _from_datasets(name: str, split: str, path: Path | None, config: str | None 
         elif require_split:
             raise _no_split(name, split, "a saved Dataset has no splits")
     else:
-        ds = datasets.load_dataset(name, config, split=split)
+        config_kw = {"name": config} if config else {}  # load_dataset's name = the configuration
+        ds = datasets.load_dataset(name, split=split, **config_kw)
     return ds.to_list()
 
 
