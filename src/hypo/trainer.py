@@ -33,7 +33,7 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
-from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .modeling import PolicyPair, build_policy, model_source, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -62,7 +62,7 @@ class RunData:
 
 def prepare_data(cfg: TrainConfig) -> RunData:
     """Load, validate and tokenize everything; fails with DataError before any model loads."""
-    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path)
+    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or model_source(cfg))
     train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_split, cfg.skip_invalid_records)
     report = {"train_records": len(train_ex), "dropped_invalid": dropped}
     if cfg.eval_dataset_name:
@@ -172,7 +172,7 @@ class Trainer:
         from transformers import GenerationConfig
 
         try:
-            eos = GenerationConfig.from_pretrained(self.cfg.model_name_or_path).eos_token_id
+            eos = GenerationConfig.from_pretrained(model_source(self.cfg)).eos_token_id
         except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is enough
             eos = None
         return [eos] if isinstance(eos, int) else list(eos or [])
