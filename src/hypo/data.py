@@ -438,7 +438,22 @@ def encode_response(prompt: str | list[dict], response: str | list[dict], tokeni
                         "full conversation, so prompt and response cannot be split "
                         f"(prompt ends {prompt_text[-60:]!r}). Use a template whose generation "
                         "prompt is a prefix of the rendered conversation.", "chat_template")
-    return _ids(tokenizer, full[len(prompt_text):], special=False)
+    return _end_at_eos(_ids(tokenizer, full[len(prompt_text):], special=False), tokenizer)
+
+
+def _end_at_eos(ids: list[int], tokenizer) -> list[int]:
+    """Drop what a chat template writes after the response's final end-of-turn token when it is only
+    whitespace (ChatML's ``<|im_end|>\\n``): the model's turn ends at eos, and online samples stop
+    there, so offline responses must too; otherwise every pair's log-prob carries a template newline
+    that no sample has."""
+    eos = tokenizer.eos_token_id
+    if eos is None or eos not in ids:
+        return ids
+    last = len(ids) - 1 - ids[::-1].index(eos)
+    tail = ids[last + 1:]
+    if tail and not tokenizer.decode(tail).strip():
+        return ids[: last + 1]
+    return ids
 
 
 @dataclass

@@ -48,6 +48,7 @@ class EvalSettings:
     seed: int = 0
     dtype: str = "float32"
     device: str = "auto"
+    gguf_file: str | None = None  # GGUF of ref_model (or of model without ref_model)
     table_rows: int = 8
     disable_progress_bar: bool = False
 
@@ -72,14 +73,23 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_pair(model: str | None, ref_model: str | None, dtype: str = "float32",
-              device: str = "auto") -> tuple[PolicyPair, object, dict]:
+              device: str = "auto", gguf_file: str | None = None) -> tuple[PolicyPair, object, dict]:
     """(policy pair, tokenizer, names) for a trained model and its reference.
 
     - LoRA adapter folder: the policy is PeftModel(base, adapter); without ``ref_model`` the
       reference is the base with the adapter disabled (no second copy of the weights).
     - full model: ``ref_model`` is required and loaded as a frozen copy.
     - ``model`` None (coverage of the reference alone): the policy IS the reference.
+    - ``gguf_file``: a GGUF file of ``ref_model`` (or of ``model`` when ``ref_model`` is None),
+      converted once into a cached standard folder (``hypo.gguf``).
     """
+    if gguf_file:
+        from .gguf import model_folder
+
+        if ref_model:
+            ref_model = model_folder(ref_model, gguf_file)
+        else:
+            model = model_folder(model, gguf_file)
     if dtype not in DTYPE and dtype != "auto":
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPE)} or auto.")
     dev = pick_device(device)
@@ -221,7 +231,7 @@ def run_eval(s: EvalSettings) -> dict:
     """Run the evaluation described in the module docstring; returns the JSON written to out/."""
     _validate(s)
     out = Path(s.out)
-    pair, tok, names = load_pair(s.model, s.ref_model, s.dtype, s.device)
+    pair, tok, names = load_pair(s.model, s.ref_model, s.dtype, s.device, s.gguf_file)
     examples, prompt_ids = load_prompt_set(s.prompts, s.split, s.num_prompts, tok, s.max_prompt_length)
     scorer = RewardScorer(s.reward_model, s.dtype, s.device, s.reward_max_length) if s.reward_model else None
     device = next(pair.policy.parameters()).device

@@ -88,9 +88,17 @@ class PolicyPair:
             return sequence_logps(ref, batch)
 
 
+def model_source(cfg: TrainConfig) -> str:
+    """The folder or hub id to load the model from: the cached standard conversion when
+    ``gguf_file`` is set (converted on first use), else ``model_name_or_path``."""
+    from .gguf import model_folder
+
+    return model_folder(cfg.model_name_or_path, cfg.gguf_file)
+
+
 def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
     """Load the model named in cfg, add LoRA if asked, and set up the reference."""
-    model = load_causal_lm(cfg.model_name_or_path, cfg.dtype, cfg.model_revision,
+    model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,
                            cfg.trust_remote_code, cfg.attn_implementation)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -34,7 +34,7 @@ from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_t
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-from .modeling import lora_dropout_active, tokenizer_kwargs
+from .modeling import lora_dropout_active, model_source, tokenizer_kwargs
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -63,7 +63,7 @@ class RunData:
 
 def prepare_data(cfg: TrainConfig) -> RunData:
     """Load, validate and tokenize everything; fails with DataError before any model loads."""
-    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or model_source(cfg),
                                **tokenizer_kwargs(cfg))
     train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_train_split,
                                          cfg.skip_invalid_records, cfg.dataset_config)
@@ -192,7 +192,7 @@ class Trainer:
         from transformers import GenerationConfig
 
         try:
-            eos = GenerationConfig.from_pretrained(self.cfg.model_name_or_path).eos_token_id
+            eos = GenerationConfig.from_pretrained(model_source(self.cfg)).eos_token_id
         except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is enough
             eos = None
         return [eos] if isinstance(eos, int) else list(eos or [])

@@ -39,9 +39,11 @@ def make_sampler(cfg, tokenizer, stop_ids: list[int], seed: int | None = None):
     seed: the sampler's own generator seed (default cfg.seed + 1; each process passes its own)."""
     seed = cfg.seed + 1 if seed is None else seed
     if getattr(cfg, "generation_backend", "transformers") == "vllm":
+        from .modeling import model_source
+
         return VLLMSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
                            cfg.temperature, cfg.top_k, cfg.top_p, stop_ids,
-                           model_name=cfg.model_name_or_path, dtype=cfg.dtype,
+                           model_name=model_source(cfg), dtype=cfg.dtype,
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                            max_model_len=cfg.prompt_limit() + cfg.max_new_tokens)
     return OnlineSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
