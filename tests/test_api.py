@@ -170,7 +170,7 @@ def test_given_ref_model_is_used_frozen_and_keys_the_reference_cache(objects, co
     assert plain.core.pair.reference is None  # DPO with the cache needs no live reference
 
     ref = make_model(seed=1)
-    other = DPOTrainer(model=make_model(), ref_model=ref, args=config(algo="dpo"),
+    other = DPOTrainer(make_model(), ref, config(algo="dpo"),  # TRL's positional order
                        train_dataset=records, processing_class=tokenizer)
     assert other.core.pair.reference is ref  # used as given, not copied
     assert not any(p.requires_grad for p in ref.parameters())

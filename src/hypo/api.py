@@ -283,8 +283,9 @@ class HyPOTrainer:
 class DPOTrainer(HyPOTrainer):
     """HyPOTrainer whose default config is ``DPOConfig()`` (offline DPO)."""
 
-    def __init__(self, *a, args: TrainConfig | None = None, **kw):
-        super().__init__(*a, args=args if args is not None else DPOConfig(), **kw)
+    def __init__(self, model: Any = None, ref_model: Any = None, args: TrainConfig | None = None,
+                 *rest: Any, **kw: Any):
+        super().__init__(model, ref_model, args if args is not None else DPOConfig(), *rest, **kw)
 
 
 class _Core(Trainer):
