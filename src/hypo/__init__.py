@@ -2,6 +2,28 @@
 
 Implements Song, Swamy, Singh, Bagnell, Sun, "The Importance of Online Data: Understanding
 Preference Fine-tuning via Coverage", arXiv 2406.01462 (NeurIPS 2024).
+
+    from hypo import HyPOConfig, HyPOTrainer      # or DPOConfig / DPOTrainer (algo="dpo")
+
+See docs/python-api.md.
 """
 
 __version__ = "0.1.0"
+
+# Exported lazily, so `import hypo.config` (the CLI's --help, YAML checks) does not import torch.
+_EXPORTS = {"HyPOConfig": "api", "HyPOTrainer": "api", "DPOConfig": "api", "DPOTrainer": "api",
+            "HyPOCallback": "api", "TrainerState": "api", "TrainOutput": "api",
+            "ConfigError": "config", "DataError": "data", "CheckpointError": "checkpoint"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'hypo' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -33,9 +33,11 @@ class DataError(ValueError):
 
 
 class Records(list):
-    """Raw records; ``lines[i]`` is record i's 1-based line in a JSONL file (else no ``lines``)."""
+    """Raw records; ``lines[i]`` is record i's 1-based line in a JSONL file (else no ``lines``).
+    In-memory data (``records_from_object``) carries its label in ``source``."""
 
     lines: list[int] | None = None
+    source: str | None = None
 
 
 @dataclass
@@ -163,6 +165,8 @@ def load_records(name: str, split: str = "train", config: str | None = None,
     is a hub dataset's configuration. ``require_split``: the source must really hold ``split``
     (a single-table file would otherwise give all its records for any split name).
     """
+    if isinstance(name, Records) and name.source:  # in-memory data, already read
+        return name, name.source
     if not isinstance(name, str) or not name:
         raise DataError(f"{name!r}: no data source given. Pass a file, folder or hub dataset name.",
                         "file")
@@ -186,6 +190,35 @@ def load_records(name: str, split: str = "train", config: str | None = None,
         raise DataError(f"{name}: {what} ({type(e).__name__}: {e}). Check that it is a valid "
                         "JSONL/JSON/Parquet/CSV file, datasets folder or hub dataset name.",
                         "file") from e
+
+
+def records_from_object(obj: Any, split: str = "train", source: str = "<train_dataset>") -> Records:
+    """Raw records of in-memory data: a ``datasets.Dataset``, a ``DatasetDict`` (its ``split``),
+    a pandas DataFrame, or a list/tuple of dicts. ``source`` names the data in every later error
+    (validation then goes through the same ``parse_*`` path as files)."""
+    kind = type(obj).__name__
+    if kind in ("DatasetDict", "IterableDatasetDict"):
+        if split not in obj:
+            raise DataError(f"{source}: the DatasetDict has no split '{split}' (has "
+                            f"{', '.join(obj)}). Pass one split, e.g. dataset['{next(iter(obj), split)}'].",
+                            "file")
+        obj, kind = obj[split], type(obj[split]).__name__
+    if kind == "IterableDataset":
+        raise DataError(f"{source}: an IterableDataset (streaming) is not supported: the data is "
+                        "validated, tokenized and fingerprinted up front. Load it without "
+                        "streaming=True, or pass list(dataset).", "file")
+    if kind == "Dataset" and hasattr(obj, "to_list"):
+        records = obj.to_list()
+    elif kind == "DataFrame" and hasattr(obj, "to_dict"):
+        records = obj.to_dict("records")
+    elif isinstance(obj, (list, tuple)):
+        records = list(obj)
+    else:
+        raise DataError(f"{source}: a {kind} is not supported. Pass a datasets.Dataset, a "
+                        "DatasetDict, a pandas DataFrame, a list of dicts, or a file path.", "file")
+    out = Records(records)
+    out.source = source
+    return out
 
 
 # ---- validation ---------------------------------------------------------------------------------

@@ -37,9 +37,14 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
         raise ConfigError(f"could not load the tokenizer {name!r}: {err}. Pass a local folder or a "
                           "hub id that is reachable (tokenizer_name_or_path).") from None
+    return with_pad_token(tokenizer, repr(name))
+
+
+def with_pad_token(tokenizer, name: str = "processing_class"):
+    """The tokenizer, given the eos token as its pad token when it has none."""
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ConfigError(f"tokenizer {name!r} has neither a pad nor an eos token; add one.")
+            raise ConfigError(f"tokenizer {name} has neither a pad nor an eos token; add one.")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -96,27 +101,48 @@ def model_source(cfg: TrainConfig) -> str:
     return model_folder(cfg.model_name_or_path, cfg.gguf_file)
 
 
-def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
-    """Load the model named in cfg, add LoRA if asked, and set up the reference."""
-    model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,
-                           cfg.trust_remote_code, cfg.attn_implementation)
+def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=None,
+                 peft_config=None) -> PolicyPair:
+    """Load the model named in cfg, add LoRA if asked, and set up the reference.
+
+    In-memory objects (``hypo.api``): ``model`` replaces loading (a PeftModel keeps its adapter);
+    ``peft_config`` replaces cfg's LoRA settings; ``ref_model`` is the frozen reference, not copied.
+    """
+    if model is not None and _is_peft(model):
+        return PolicyPair(model.eval(), None, is_peft=True)
+    if model is None:
+        model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,
+                               cfg.trust_remote_code, cfg.attn_implementation)
+    else:
+        model = model.eval()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if cfg.use_peft:
+    if cfg.use_peft or peft_config is not None:
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.lora_target_modules
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
+        lora = peft_config or LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                         lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                         task_type="CAUSAL_LM")
         model = get_peft_model(model, lora).eval()
         return PolicyPair(model, None, is_peft=True)
+    if ref_model is not None:  # given by the caller: frozen where it is, never copied
+        return PolicyPair(model, ref_model.eval().requires_grad_(False), is_peft=False)
     reference = None
     if need_reference:
         reference = copy.deepcopy(model).eval()
         reference.requires_grad_(False)
     return PolicyPair(model, reference, is_peft=False)
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_t
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-from .modeling import lora_dropout_active, model_source, tokenizer_kwargs
+from .modeling import lora_dropout_active, model_source, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -61,16 +61,22 @@ class RunData:
     report: dict = field(default_factory=dict)
 
 
-def prepare_data(cfg: TrainConfig) -> RunData:
-    """Load, validate and tokenize everything; fails with DataError before any model loads."""
-    tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or model_source(cfg),
-                               **tokenizer_kwargs(cfg))
-    train_ex, dropped = load_preferences(cfg.dataset_name, cfg.dataset_train_split,
+def prepare_data(cfg: TrainConfig, tokenizer=None, datasets: dict | None = None) -> RunData:
+    """Load, validate and tokenize everything; fails with DataError before any model loads.
+
+    In-memory inputs (``hypo.api``): ``tokenizer`` replaces loading one; ``datasets`` maps
+    "train" / "eval" / "prompts" to ``data.records_from_object`` records that replace loading
+    cfg.dataset_name / eval_dataset_name / prompt_dataset_name (which then hold their labels).
+    """
+    given = datasets or {}
+    tokenizer = (with_pad_token(tokenizer) if tokenizer is not None else
+                 load_tokenizer(cfg.tokenizer_name_or_path or model_source(cfg), **tokenizer_kwargs(cfg)))
+    train_ex, dropped = load_preferences(given.get("train", cfg.dataset_name), cfg.dataset_train_split,
                                          cfg.skip_invalid_records, cfg.dataset_config)
     report = {"train_records": len(train_ex), "dropped_invalid": dropped}
     if cfg.eval_dataset_name:
         eval_ex, eval_dropped = load_preferences(
-            cfg.eval_dataset_name, cfg.dataset_test_split or cfg.dataset_train_split,
+            given.get("eval", cfg.eval_dataset_name), cfg.dataset_test_split or cfg.dataset_train_split,
             cfg.skip_invalid_records)
         report["eval_dropped_invalid"] = eval_dropped
     elif cfg.dataset_test_split:  # TRL's layout: the test split of the same dataset
@@ -89,7 +95,7 @@ def prepare_data(cfg: TrainConfig) -> RunData:
                         f"and truncation ({report}).")
     prompts = None
     if cfg.prompt_dataset_name:
-        prompt_ex, prompt_dropped = load_prompts(cfg.prompt_dataset_name, cfg.dataset_train_split,
+        prompt_ex, prompt_dropped = load_prompts(given.get("prompts", cfg.prompt_dataset_name), cfg.dataset_train_split,
                                                  cfg.skip_invalid_records)
         prompts = tokenize_prompts(prompt_ex, tokenizer, cfg.prompt_limit())
         report["prompt_records"], report["prompt_dropped_invalid"] = len(prompts), prompt_dropped
@@ -115,11 +121,16 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None):
-        """eval_hook: optional callable(trainer) -> dict of extra eval metrics (logged as eval_*)."""
+    def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None, *,
+                 model=None, ref_model=None, peft_config=None, processing_class=None,
+                 datasets: dict | None = None):
+        """eval_hook: optional callable(trainer) -> dict of extra eval metrics (logged as eval_*).
+        model / ref_model / peft_config / processing_class / datasets: in-memory objects that
+        replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them)."""
         self.cfg = cfg.validate()
         self.eval_hook = eval_hook
-        self.data = data or prepare_data(cfg)
+        self.model_object = model
+        self.data = data or prepare_data(cfg, processing_class, datasets)
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -134,7 +145,8 @@ class Trainer:
         # HyPO's samples, the eval KL (only if there is eval data), no cache, or an eval hook.
         need_ref = (self.hypo or (cfg.eval_online_prompts > 0 and bool(self.data.eval))
                     or not cfg.precompute_ref_log_probs or eval_hook is not None)
-        self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref)
+        self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref, model=model,
+                                             ref_model=ref_model, peft_config=peft_config)
         if self.pair.reference is not None:
             self.pair.reference.to(self.acc.device)
         tok = self.data.tokenizer
@@ -149,6 +161,8 @@ class Trainer:
             "weights": weights_fingerprint(self.pair.policy), "tokenizer": tokenizer_fingerprint(tok),
             "train": fingerprint_pairs(self.data.train), "eval": fingerprint_pairs(self.data.eval),
             "prompts": fingerprint(self.data.prompts or [])}
+        if ref_model is not None:  # a separate reference: the cache is keyed by ITS weights
+            self.fingerprints["reference"] = weights_fingerprint(ref_model)
         self._print_data_report()
         self.ref_train = self._reference_logps(self.data.train, "train")
         self.ref_eval = self._reference_logps(self.data.eval, "eval")
@@ -192,7 +206,8 @@ class Trainer:
         from transformers import GenerationConfig
 
         try:
-            eos = GenerationConfig.from_pretrained(model_source(self.cfg)).eos_token_id
+            eos = (self.model_object.generation_config if self.model_object is not None else
+                   GenerationConfig.from_pretrained(model_source(self.cfg))).eos_token_id
         except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is enough
             eos = None
         return [eos] if isinstance(eos, int) else list(eos or [])
@@ -210,7 +225,7 @@ class Trainer:
         if not pairs:
             return torch.empty(0, 2)
         cfg = self.cfg
-        key = cache_key(self.fingerprints["weights"], self.fingerprints["tokenizer"],
+        key = cache_key(self.fingerprints.get("reference", self.fingerprints["weights"]), self.fingerprints["tokenizer"],
                         self.fingerprints[name], cfg.dtype)
         cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
 
@@ -605,5 +620,7 @@ ONLINE_KEYS = ("loss/kl", "kl/online", "online/length", "online/clipped_ratio")
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Validate, load and train; the library entry point behind ``hypo train``."""
-    return Trainer(cfg).train()
+    """Validate, load and train; the library entry point behind ``hypo train`` (one path: the API)."""
+    from .api import HyPOTrainer
+
+    return HyPOTrainer(args=cfg).train()
