@@ -58,7 +58,10 @@ def test_eval_adapter_with_reward_model_end_to_end(tiny, models, tmp_path, capsy
     r = json.loads((out / "eval.json").read_text())
     assert r["ref_model"] == str(tiny["model"]) and r["base_model"] == str(tiny["model"])
     assert r["num_prompts"] == 6 and r["samples_per_prompt"] == 2
-    assert r["kl"]["estimate"] is not None and r["kl"]["stderr"] > 0 and r["kl"]["unbiased"]
+    assert r["kl"]["estimate"] is not None and r["kl"]["stderr"] > 0
+    # An untrained model rarely stops within 6 tokens: cut samples are not draws from π.
+    assert r["clipped"]["policy"] > 0 and r["kl"]["clipped_share"] == r["clipped"]["policy"]
+    assert r["kl"]["unbiased"] is False
     assert r["kl"]["log_ratio"]["n"] == 12
     assert 0 <= r["reward"]["win_rate"] <= 1 and r["reward"]["policy"]["n"] == 12
     assert r["reward"]["win_rate_stderr"] is not None

@@ -37,3 +37,14 @@ def test_card_for_dpo_without_metrics(tmp_path):
     assert "**DPO**" in card and "No metrics were logged." in card and "- training pairs: 10" in card
     assert CITATION in card
     assert final_metrics(tmp_path / "nothing") == {}
+
+
+def test_card_says_whether_online_samples_were_unbiased(tmp_path):
+    cfg = TrainConfig(model_name_or_path="m", dataset_name="d.jsonl", algo="hypo")
+    card = write_model_card(tmp_path / "a", cfg, {"online/clipped_ratio": 0.25}, {}).read_text()
+    assert "Online samples unbiased: no (clipped share 0.25" in card and "max_new_tokens" in card
+    card = write_model_card(tmp_path / "b", cfg, {"online/clipped_ratio": 0.0}, {}).read_text()
+    assert "Online samples unbiased: yes (clipped share 0)." in card
+    cfg.temperature = 0.7
+    card = write_model_card(tmp_path / "c", cfg, {"online/clipped_ratio": 0.0}, {}).read_text()
+    assert "Online samples unbiased: no" in card and "temperature" in card

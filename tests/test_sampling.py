@@ -72,3 +72,115 @@ def test_layout_clipping_and_stop_tokens(tiny):
     # Stop at a custom token: make it the most likely one by forcing a high temperature-free prompt.
     stop = OnlineSampler(tok, k=2, max_new_tokens=5, seed=1, stop_token_ids=list(range(len(tok))))
     assert all(len(r) == 1 for r in stop.sample(model, prompts).response_ids)
+
+
+# ---- exact draws from π, whatever the model ships -------------------------------------------------
+
+V, EOS, PAD, PROMPT = 6, 5, 0, [1, 2, 3]
+
+
+def tiny_vocab_model(peft: bool = False):
+    """A 6-token Llama with a peaked (but full-support) next-token distribution."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32,
+                         bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).eval()
+    return model
+
+
+@torch.no_grad()
+def exact_pi(model, max_new_tokens: int = 2) -> dict[tuple, float]:
+    """π(y|x) of every response of ≤ max_new_tokens tokens (ending in EOS or cut at the limit)."""
+    out = {}
+
+    def walk(prefix: list[int], prob: float) -> None:
+        probs = model(torch.tensor([PROMPT + prefix])).logits[0, -1].float().softmax(-1)
+        for t in range(V):
+            y, p = prefix + [t], prob * float(probs[t])
+            if t == EOS or len(y) == max_new_tokens:
+                out[tuple(y)] = out.get(tuple(y), 0.0) + p
+            else:
+                walk(y, p)
+
+    walk([], 1.0)
+    return out
+
+
+def chi_square(counts: dict[tuple, int], pi: dict[tuple, float], n: int) -> tuple[float, int]:
+    """Pearson's statistic and degrees of freedom; cells expected < 5 are pooled into one."""
+    stat, dof, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
+    for y, p in pi.items():
+        if n * p >= 5:
+            stat += (counts.get(y, 0) - n * p) ** 2 / (n * p)
+            dof += 1
+        else:
+            pooled_obs, pooled_exp = pooled_obs + counts.get(y, 0), pooled_exp + n * p
+    unknown = sum(c for y, c in counts.items() if y not in pi)  # impossible under π
+    pooled_obs += unknown
+    if pooled_exp > 0 or pooled_obs:
+        stat += (pooled_obs - pooled_exp) ** 2 / max(pooled_exp, 1e-9)
+        dof += 1
+    return stat, dof
+
+
+PLANTED = {
+    "bad_words_ids": [[2]], "sequence_bias": {(3,): 10.0}, "num_beams": 3,
+    "forced_eos_token_id": EOS, "forced_bos_token_id": 4,
+    "exponential_decay_length_penalty": (0, 3.0), "repetition_penalty": 1e9,
+    "suppress_tokens": [4], "min_new_tokens": 2, "no_repeat_ngram_size": 1,
+}
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["plain", "peft"])
+@pytest.mark.parametrize("option", list(PLANTED))
+def test_samples_are_exact_draws_from_pi_whatever_the_model_ships(option, peft):
+    """Goodness of fit against the exact π (enumerated) with an option planted in the model's own
+    generation_config: generate would inherit it and sample from something else."""
+    from types import SimpleNamespace
+
+    model = tiny_vocab_model(peft)
+    pi = exact_pi(model)
+    base = model.get_base_model() if peft else model
+    setattr(base.generation_config, option, PLANTED[option])
+    n = 4000
+    tok = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
+    samples = OnlineSampler(tok, k=n, max_new_tokens=2, seed=0).sample(model, [PROMPT])
+    counts: dict[tuple, int] = {}
+    for y in samples.response_ids:
+        counts[tuple(y)] = counts.get(tuple(y), 0) + 1
+    stat, dof = chi_square(counts, pi, n)
+    # Generous bound (the 1e-6 tail of χ² is below 3·dof + 30 here); a planted option gives 1000s.
+    assert stat < 3 * dof + 30, (option, stat, dof)
+    assert getattr(base.generation_config, option) == PLANTED[option]  # restored after sampling
+
+
+def test_no_generation_warnings_from_hypos_own_settings(tiny):
+    """transformers must not warn at every sampling round about settings hypo itself passes."""
+    import logging
+    import warnings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")  # its module loggers propagate to it
+    hf_logger.addHandler(handler)
+    model, tok = load(tiny)
+    sampler = OnlineSampler(tok, k=2, max_new_tokens=3, seed=0)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sampler.sample(model, [[tok.bos_token_id, 30]])
+    finally:
+        hf_logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    messages += [str(w.message) for w in caught if "generat" in str(w.message).lower()]
+    assert messages == [], messages

@@ -179,3 +179,13 @@ def test_dpo_without_eval_holds_no_reference_copy(base_config):
     assert trainer.pair.reference is None  # the cached log-probs are all DPO needs
     with_eval = Trainer(base_config(algo="dpo", eval_online_prompts=4, eval_split_size=0.2))
     assert with_eval.pair.reference is not None  # eval_kl/online needs π_ref live
+
+
+def test_logs_flag_clipped_online_samples_as_biased(base_config):
+    """online/unbiased is 0 when any sample was cut at max_new_tokens, with the share beside it."""
+    from pathlib import Path
+
+    cfg = base_config(max_steps=1, per_device_train_batch_size=4, max_new_tokens=2)
+    Trainer(cfg).train()
+    metrics = json.loads(Path(cfg.output_dir, "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["online/clipped_ratio"] > 0 and metrics["online/unbiased"] == 0.0

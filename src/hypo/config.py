@@ -62,6 +62,9 @@ class TrainConfig:
                                    "comma-separated list of module names.", group="model")
     merge_adapter: bool = opt(False, "With use_peft, also save the adapter merged into the base "
                               "weights under output_dir/merged.", group="model")
+    bf16: bool = opt(False, "Mixed precision (recommended on GPUs): float32 master weights and optimizer "
+                     "state, every forward (policy, reference, sampling) under bf16 autocast. Needs "
+                     "dtype float32. CPUs without native bf16 kernels run it far slower.", group="model")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save "
                                        "memory (slower).", group="model")
     model_revision: str | None = opt(
@@ -243,6 +246,10 @@ class TrainConfig:
         need(self.num_online_samples >= 2, "num_online_samples",
              "the leave-one-out estimator needs k ≥ 2 samples per prompt.")
         need(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1.")
+        # --bf16 keeps float32 master weights; autocast over bf16 weights would train like pure bf16.
+        need(not self.bf16 or self.dtype == "float32", "dtype",
+             "--bf16 keeps float32 master weights and runs the forwards in bf16 autocast: set dtype "
+             "float32 (the default) with --bf16, or drop --bf16 for pure low-precision weights.")
         need(self.length_buckets >= 1, "length_buckets", "must be ≥ 1.")
         for name in ("online_prompts_per_step", "eval_steps", "save_steps", "warmup_steps",
                      "eval_online_prompts", "top_k", "weight_decay", "max_grad_norm"):
@@ -431,4 +438,5 @@ RESULT_FIELDS = (
     "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
     "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
     "seed",
+    "bf16",
 )

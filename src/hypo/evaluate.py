@@ -27,7 +27,7 @@ from .losses import reverse_kl_estimate
 from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer
 from .progress import console, step_progress
 from .reporting import fmt, histogram, json_safe, md_table, summary
-from .sampling import OnlineSampler, OnlineSamples
+from .sampling import OnlineSampler, OnlineSamples, samples_unbiased
 
 
 @dataclass
@@ -281,8 +281,10 @@ def run_eval(s: EvalSettings) -> dict:
         **names, "reward_model": s.reward_model, "prompts": s.prompts, "num_prompts": P,
         "samples_per_prompt": k, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
         "seed": s.seed,
-        "kl": {"estimate": kl, "stderr": kl_se, "unbiased": s.temperature == 1.0,
-               "log_ratio": summary(log_ratio)},
+        # Unbiased only if every sample is an exact draw from π: temperature 1 AND none cut.
+        "kl": {"estimate": kl, "stderr": kl_se,
+               "unbiased": samples_unbiased(s.temperature == 1.0, pol.clipped_ratio),
+               "clipped_share": pol.clipped_ratio, "log_ratio": summary(log_ratio)},
         "lengths": {"policy": summary(list(map(len, pol.response_ids))),
                     "reference": summary(list(map(len, ref.response_ids)))},
         "clipped": {"policy": pol.clipped_ratio, "reference": ref.clipped_ratio},
@@ -323,7 +325,7 @@ def write_report(r: dict, out: Path, log_ratio, pol: OnlineSamples, ref: OnlineS
                   "reward-model scores", "score")
     lines += [md_table(["metric", "value"], rows), ""]
     notes = []
-    if not kl["unbiased"]:
+    if r["temperature"] != 1.0:
         notes.append("temperature ≠ 1: samples are not from π, so the KL estimate is biased.")
     if r["clipped"]["policy"] > 0:
         notes.append(f"{fmt(r['clipped']['policy'] * 100, 1)}% of policy samples hit max_new_tokens; "

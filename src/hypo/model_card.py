@@ -64,6 +64,21 @@ def _algorithm(cfg) -> str:
             + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "") + ".")
 
 
+def _sampling_line(cfg, metrics: dict) -> str:
+    """Whether the online samples were exact draws from π (unbiased KL), with the clipped share."""
+    settings = cfg.temperature == 1.0 and cfg.top_k == 0 and cfg.top_p == 1.0
+    clipped = metrics.get("online/clipped_ratio")
+    unbiased = settings and clipped == 0
+    why = [] if settings else ["temperature/top_k/top_p other than 1/0/1"]
+    if clipped is None:
+        why.append("share of samples cut at max_new_tokens not logged")
+    elif clipped > 0:
+        why.append(f"{clipped:.1%} of the last step's samples cut at max_new_tokens")
+    return (f"Online samples unbiased: {'yes' if unbiased else 'no'} (clipped share "
+            f"{'n/a' if clipped is None else f'{clipped:.4g}'}"
+            + (f"; {', '.join(why)}" if why else "") + ").")
+
+
 def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) -> Path:
     """Write ``folder/README.md`` for a model trained with ``cfg`` (a TrainConfig).
 
@@ -106,6 +121,8 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     limits = {"max_prompt_length": cfg.prompt_limit()}  # the limit in force, also when derived
     lines += [f"| {name} | {_value(limits.get(name, getattr(cfg, name)))} |" for name in HYPERPARAMETERS
               if hasattr(cfg, name)]
+    if cfg.algo == "hypo":
+        lines += ["", _sampling_line(cfg, metrics)]
     lines += ["", "## Final metrics", ""]
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
     if shown:

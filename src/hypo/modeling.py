@@ -2,7 +2,9 @@
 
 With LoRA the reference is the base model with the adapter disabled (no second copy of the
 weights); with full fine-tuning it is a frozen copy, made only when something needs it live.
-Dropout stays off in both (as TRL's ``disable_dropout``), so π = π_ref exactly at step 0.
+The policy trains in training mode (activation checkpointing only runs there) with every dropout
+disabled explicitly (as TRL's ``disable_dropout``), so sampling, the loss and the reference all
+see the same deterministic network and π = π_ref exactly at step 0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -66,6 +69,80 @@ def load_causal_lm(name: str, dtype: str = "float32", revision: str | None = Non
     return model.eval()
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout of ``model`` to 0, in place (TRL's ``disable_dropout_in_model``, extended).
+
+    ``nn.Dropout`` modules get p = 0. Attention implementations read a plain float instead (e.g.
+    Llama's ``self.attention_dropout``, copied from the config at construction), so numeric module
+    attributes and config fields named ``*dropout*`` / ``*pdrop*`` are zeroed as well.
+    """
+    def zero(obj) -> None:
+        for name, value in list(vars(obj).items()):
+            if (("dropout" in name or "pdrop" in name) and isinstance(value, (int, float))
+                    and not isinstance(value, bool)):
+                setattr(obj, name, 0.0)
+
+    for name, module in model.named_modules():
+        if _is_lora_dropout(name, module):  # switched on and off by lora_dropout_active
+            continue
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        zero(module)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "__dict__"):
+            zero(config)
+    return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing of every decoder layer (non-reentrant: no input-grad hook needed
+    under LoRA). transformers checkpoints only in training mode with gradients on."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run a block with every module in eval mode, then restore each module's own flag.
+
+    For generation: with dropout disabled the outputs are the same as in training mode, and eval
+    mode keeps transformers from turning the KV cache off under activation checkpointing.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX); best effort (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_warnings(cfg: TrainConfig, device: torch.device) -> list[str]:
+    """Settings that train badly or very slowly, each with its fix (empty when all is well)."""
+    out = []
+    if cfg.dtype in ("bfloat16", "float16") and not cfg.use_peft:
+        out.append(f"full fine-tuning with dtype {cfg.dtype} keeps {cfg.dtype} weights under AdamW: "
+                   "most small updates round away and the model barely trains. Use --bf16 with "
+                   "--dtype float32 (float32 master weights, bf16 autocast) instead.")
+    if cfg.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        out.append("--bf16 on a CPU without native bf16 kernels (no AVX512-BF16/AMX): bf16 matmuls "
+                   "run up to hundreds of times slower than float32. Drop --bf16 on this machine.")
+    return out
+
+
 @dataclass
 class PolicyPair:
     """The trainable policy and access to its frozen reference."""
@@ -87,10 +164,11 @@ class PolicyPair:
             raise RuntimeError("no reference model is held; build PolicyPair with need_reference=True")
 
     @torch.no_grad()
-    def reference_logps(self, batch: SequenceBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(N,) response log-probs under π_ref, no gradient."""
+    def reference_logps(self, batch: SequenceBatch, model: torch.nn.Module | None = None,
+                        target_only_head: bool = False) -> torch.Tensor:
+        """(N,) response log-probs under π_ref, no gradient (the caller's autocast applies)."""
         with self.reference_view(model) as ref:
-            return sequence_logps(ref, batch)
+            return sequence_logps(ref, batch, target_only_head)
 
 
 def model_source(cfg: TrainConfig) -> str:
@@ -105,19 +183,20 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
                  peft_config=None) -> PolicyPair:
     """Load the model named in cfg, add LoRA if asked, and set up the reference.
 
+    The policy is returned in training mode with its dropout disabled (LoRA's own dropout stays
+    off too, except inside ``lora_dropout_active``); the reference (frozen copy) in eval mode.
     In-memory objects (``hypo.api``): ``model`` replaces loading (a PeftModel keeps its adapter);
     ``peft_config`` replaces cfg's LoRA settings; ``ref_model`` is the frozen reference, not copied.
+    Warnings: see ``precision_warnings``.
     """
     if model is not None and _is_peft(model):
-        return PolicyPair(model.eval(), None, is_peft=True)
+        return PolicyPair(_lora_dropout_off(disable_dropout(model).train()), None, is_peft=True)
     if model is None:
         model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,
                                cfg.trust_remote_code, cfg.attn_implementation)
-    else:
-        model = model.eval()
+    model = disable_dropout(model).train()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     if cfg.use_peft or peft_config is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -126,7 +205,7 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
         lora = peft_config or LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                          lora_dropout=cfg.lora_dropout, target_modules=targets,
                                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora).eval()
+        model = _lora_dropout_off(get_peft_model(model, lora).train())
         return PolicyPair(model, None, is_peft=True)
     if ref_model is not None:  # given by the caller: frozen where it is, never copied
         return PolicyPair(model, ref_model.eval().requires_grad_(False), is_peft=False)
@@ -135,6 +214,18 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
         reference = copy.deepcopy(model).eval()
         reference.requires_grad_(False)
     return PolicyPair(model, reference, is_peft=False)
+
+
+def _is_lora_dropout(name: str, module: torch.nn.Module) -> bool:
+    return ".lora_dropout." in f".{name}." and isinstance(module, torch.nn.Dropout)
+
+
+def _lora_dropout_off(model: torch.nn.Module) -> torch.nn.Module:
+    """Put LoRA's dropout modules in eval mode (identity) inside a model in training mode."""
+    for name, module in model.named_modules():
+        if _is_lora_dropout(name, module):
+            module.eval()
+    return model
 
 
 def _is_peft(model) -> bool:
@@ -147,10 +238,10 @@ def _is_peft(model) -> bool:
 
 @contextlib.contextmanager
 def lora_dropout_active(model: torch.nn.Module, active: bool = True):
-    """Switch on LoRA's dropout (peft's ``lora_dropout`` modules) for a block, leaving every other
-    module, the base model's dropout included, in eval mode. No-op without LoRA dropout."""
-    drops = [m for name, m in model.named_modules()
-             if ".lora_dropout." in f".{name}." and isinstance(m, torch.nn.Dropout)] if active else []
+    """Switch on LoRA's dropout (peft's ``lora_dropout`` modules) for a block; everywhere else
+    (sampling, the KL term, the reference, evaluation) they stay in eval mode, so every forward but
+    the offline pairs' training forward is deterministic. No-op without LoRA dropout."""
+    drops = [m for name, m in model.named_modules() if _is_lora_dropout(name, m)] if active else []
     before = [m.training for m in drops]
     for m in drops:
         m.train()

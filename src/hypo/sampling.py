@@ -7,6 +7,7 @@ logits processor: sampling neither consumes nor depends on anyone else's randomn
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,12 @@ class OnlineSamples:
     @property
     def clipped_ratio(self) -> float:
         return sum(self.clipped) / max(len(self.clipped), 1)
+
+
+def samples_unbiased(settings_unbiased: bool, clipped_ratio: float) -> bool:
+    """Whether samples were exact draws from π: unbiased sampler settings (temperature 1, no
+    top-k/top-p) AND no sample cut at max_new_tokens (a cut response is not a draw from π)."""
+    return bool(settings_unbiased) and clipped_ratio == 0
 
 
 class OnlineSampler:
@@ -52,6 +59,7 @@ class OnlineSampler:
 
     @property
     def unbiased(self) -> bool:
+        """Whether the SETTINGS sample from π (clipping is per draw: see ``samples_unbiased``)."""
         return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
 
     def state_dict(self) -> dict:
@@ -65,6 +73,8 @@ class OnlineSampler:
         """Generate k responses for each prompt (token-id lists). model: the current policy."""
         from transformers import GenerationConfig, LogitsProcessorList
 
+        from .modeling import eval_mode
+
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
         rows = [p for p in prompts for _ in range(self.k)]  # prompt-major: row p*k + i
@@ -75,18 +85,16 @@ class OnlineSampler:
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
         # Sampling is done by our own logits processor (Gumbel-max with our generator), so
-        # `generate` runs in its greedy mode and never touches the global RNG.
-        # Every logits-changing option is set to neutral explicitly: `generate` fills unset ones
-        # from the model's own generation_config (e.g. a shipped repetition_penalty), which would
-        # make the samples come from something other than π and bias the KL estimate.
+        # `generate` runs in its greedy mode and never touches the global RNG. The generation config
+        # is hypo's own and inherits nothing: see `bare_generation_config`.
         gen_config = GenerationConfig(
-            do_sample=False, max_new_tokens=self.max_new_tokens, min_new_tokens=0, min_length=0,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
-            suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=None,
+            do_sample=False, max_new_tokens=self.max_new_tokens, num_beams=1,
             pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
         processor = GumbelMaxSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             generation_config=gen_config, logits_processor=LogitsProcessorList([processor]))
+        with bare_generation_config(model), eval_mode(model):
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 generation_config=gen_config,
+                                 logits_processor=LogitsProcessorList([processor]))
         new_tokens = out[:, width:].tolist()
         responses, clipped = [], []
         for tokens in new_tokens:
@@ -101,6 +109,29 @@ class OnlineSampler:
             return self.generator
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def bare_generation_config(model: torch.nn.Module):
+    """Make ``generate`` inherit nothing from the model's shipped ``generation_config``.
+
+    ``generate`` fills every option left unset (None) in the passed config from
+    ``model.generation_config`` (a shipped bad_words_ids, sequence_bias, num_beams,
+    forced_eos_token_id, repetition_penalty, ...), and passing None cannot neutralise that. So for
+    the call every module holding its own ``generation_config`` (the transformers model, and the
+    PEFT wrapper when it keeps one) gets a fresh ``GenerationConfig()``; the originals come back after.
+    """
+    from transformers import GenerationConfig
+
+    holders = [m for m in model.modules() if "generation_config" in vars(m)]
+    saved = [m.generation_config for m in holders]
+    try:
+        for m in holders:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in zip(holders, saved):
+            m.generation_config = config
 
 
 class GumbelMaxSampling:

@@ -18,6 +18,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +35,10 @@ from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_t
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-from .modeling import lora_dropout_active, model_source, tokenizer_kwargs, with_pad_token
+from .modeling import lora_dropout_active, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
-from .sampling import OnlineSampler
+from .sampling import OnlineSampler, samples_unbiased
 from .tracking import MetricsLogger, append_jsonl, truncate_jsonl
 from .vllm_backend import make_sampler
 
@@ -120,6 +121,25 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def make_accelerator(cfg: TrainConfig):
+    """The Accelerator: --bf16 → mixed_precision "bf16" (float32 master weights, bf16 autocast);
+    otherwise what the launcher set (ACCELERATE_MIXED_PRECISION), else none.
+
+    accelerate keeps ONE state per process: a second Trainer in the same (single) process that
+    wants another precision resets it, instead of silently inheriting the first one's autocast.
+    """
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    wanted = "bf16" if cfg.bf16 else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if (AcceleratorState._shared_state and PartialState().num_processes == 1
+            and AcceleratorState().mixed_precision != wanted):
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=wanted)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None, *,
                  model=None, ref_model=None, peft_config=None, processing_class=None,
@@ -131,9 +151,9 @@ class Trainer:
         self.eval_hook = eval_hook
         self.model_object = model
         self.data = data or prepare_data(cfg, processing_class, datasets)
-        from accelerate import Accelerator
-
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = make_accelerator(cfg)
+        for message in precision_warnings(cfg, self.acc.device):
+            warnings.warn(message, UserWarning, stacklevel=2)
         if self.acc.distributed_type == DistributedType.DEEPSPEED and cfg.gradient_accumulation_steps > 1:
             # DeepSpeed steps inside backward(); hypo's loop accumulates by itself.
             raise ConfigError("gradient_accumulation_steps > 1 is not supported under DeepSpeed yet: "
@@ -164,6 +184,7 @@ class Trainer:
         if ref_model is not None:  # a separate reference: the cache is keyed by ITS weights
             self.fingerprints["reference"] = weights_fingerprint(ref_model)
         self._print_data_report()
+        self.fast_head = self._check_target_only_head()  # before the reference cache: same path
         self.ref_train = self._reference_logps(self.data.train, "train")
         self.ref_eval = self._reference_logps(self.data.eval, "eval")
 
@@ -175,7 +196,6 @@ class Trainer:
         self.multi = self.acc.num_processes > 1  # every forward must then match across processes
         # DeepSpeed steps inside every backward(): HyPO's two-part backward becomes one there.
         self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
-        self.fast_head = self._check_target_only_head()
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
         self.model, self.optimizer = self.acc.prepare(self.pair.policy, make_optimizer(cfg, trainable))
         self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
@@ -187,6 +207,12 @@ class Trainer:
         self._signal = None
 
     # ---- set-up helpers -----------------------------------------------------------------------
+    def autocast(self):
+        """The autocast of EVERY forward (policy, reference copy or adapter-disabled view,
+        reference cache, sampling): the prepared model's own wrapper misses the reference and the
+        target-only head, and π and π_ref must see the same arithmetic (exactly 0 KL at step 0)."""
+        return self.acc.autocast()
+
     def _print_data_report(self) -> None:
         if not self.acc.is_main_process or self.cfg.disable_progress_bar:
             return
@@ -225,20 +251,24 @@ class Trainer:
         if not pairs:
             return torch.empty(0, 2)
         cfg = self.cfg
-        key = cache_key(self.fingerprints.get("reference", self.fingerprints["weights"]), self.fingerprints["tokenizer"],
-                        self.fingerprints[name], cfg.dtype)
+        # The cached numbers depend on the arithmetic too: autocast and the head path.
+        precision = cfg.dtype + ("+bf16-autocast" if cfg.bf16 else "") + ("+head" if self.fast_head else "")
+        key = cache_key(self.fingerprints.get("reference", self.fingerprints["weights"]),
+                        self.fingerprints["tokenizer"], self.fingerprints[name], precision)
         cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
 
         # Called before any update, so without a held reference the policy itself is π_ref.
         policy = self.pair.policy.to(self.acc.device)
-        ref_fn = self.pair.reference_logps if self.pair.reference or self.pair.is_peft else (
-            lambda batch: torch.no_grad()(sequence_logps)(policy, batch))
+        ref_fn = (lambda batch: self.pair.reference_logps(batch, None, self.fast_head)) if (
+            self.pair.reference or self.pair.is_peft) else (
+            lambda batch: torch.no_grad()(sequence_logps)(policy, batch, self.fast_head))
 
         def compute() -> torch.Tensor:
             with step_progress(f"reference log-probs ({name})", len(pairs),
                                cfg.disable_progress_bar or not self.acc.is_main_process) as advance:
-                return compute_reference_logps(pairs, ref_fn, self.pad, cfg.per_device_eval_batch_size,
-                                               self.acc.device, progress=lambda n: advance(n))
+                with self.autocast():
+                    return compute_reference_logps(pairs, ref_fn, self.pad, cfg.per_device_eval_batch_size,
+                                                   self.acc.device, progress=lambda n: advance(n))
 
         if not cfg.precompute_ref_log_probs:
             return compute()
@@ -260,7 +290,7 @@ class Trainer:
         batch_pairs = [pairs[i] for i in indices]
         samples = None
         if prompts is not None:
-            with gathered_for_generation(self.acc, self.model) as full_model:  # sharded: gather once
+            with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = self.sampler.sample(full_model, prompts)
                 with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
                     ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
@@ -272,7 +302,7 @@ class Trainer:
 
         # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
         b = len(batch_pairs)
-        with torch.set_grad_enabled(train), lora_dropout_active(self.model, train):
+        with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
             logps, _ = bucketed_logps(self.model, [p.prompt_ids for p in batch_pairs] * 2,
                                       [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs],
                                       self.pad, device, cfg.length_buckets, self.fast_head,
@@ -297,7 +327,7 @@ class Trainer:
         # Online samples: the KL term (its gradient only when λ > 0).
         kl_loss = None
         if samples is not None:
-            with torch.set_grad_enabled(kl_term):
+            with torch.set_grad_enabled(kl_term), self.autocast():
                 pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
                                                self.pad, device, cfg.length_buckets, self.fast_head,
                                                self.multi)
@@ -451,6 +481,9 @@ class Trainer:
             metrics[k] = v if k.startswith("tokens/") else v / (groups if k in ONLINE_KEYS else n)
         # `loss` is the objective's value: mean ℓ_dpo + λ·KL estimate (exactly DPO's loss for DPO).
         metrics["loss"] = metrics["loss/dpo"] + metrics.get("loss/kl", 0.0)
+        if "online/clipped_ratio" in metrics:  # 1 only if every sample was an exact draw from π
+            metrics["online/unbiased"] = float(samples_unbiased(self.sampler.unbiased,
+                                                                metrics["online/clipped_ratio"]))
         metrics["epoch"] = (self.step + 1) * cfg.gradient_accumulation_steps * self.global_batch / len(self.data.train)
         metrics["train/skipped_nonfinite"] = self.skipped
         return metrics
@@ -491,13 +524,15 @@ class Trainer:
         cfg = self.cfg
         sampler = OnlineSampler(self.data.tokenizer, cfg.num_online_samples, cfg.max_new_tokens,
                                 cfg.seed + 2, cfg.temperature, cfg.top_k, cfg.top_p, self.sampler.stop_token_ids)
-        with gathered_for_generation(self.acc, self.model) as model:
+        with gathered_for_generation(self.acc, self.model) as model, self.autocast():
             samples = sampler.sample(model, prompts)
             batch = pack_samples(samples, self.pad).to(self.acc.device)
-            kl, se = reverse_kl_estimate(sequence_logps(model, batch), self.pair.reference_logps(batch, model))
+            kl, se = reverse_kl_estimate(sequence_logps(model, batch, self.fast_head),
+                                         self.pair.reference_logps(batch, model, self.fast_head))
         return {f"{prefix}kl/online": kl, f"{prefix}kl/online_stderr": se,
                 f"{prefix}online/length": samples.mean_length,
-                f"{prefix}online/clipped_ratio": samples.clipped_ratio}
+                f"{prefix}online/clipped_ratio": samples.clipped_ratio,
+                f"{prefix}online/unbiased": float(samples_unbiased(sampler.unbiased, samples.clipped_ratio))}
 
     # ---- saving and resuming ------------------------------------------------------------------
     def _data_cursor(self, step: int) -> dict:
