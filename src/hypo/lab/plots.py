@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"dpo": "tab:red", "rlhf": "tab:blue", "hypo": "tab:green", "hypo-sampled": "tab:olive",
-          "dpo-tabular": "tab:gray"}
+          "dpo-tabular": "tab:gray", "rlhf-bounded": "tab:cyan", "hypo-decay": "tab:purple",
+          "dpo_worst": "darkred", "dpo_gd": "tab:red", "rlhf_bounded": "tab:cyan", "hypo_decay": "tab:purple"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -76,7 +77,63 @@ def separation(res: dict, out: Path) -> list[Path]:
     ax[1].set(xlabel="step", ylabel="π(u)", title="mass on the uncovered bad response u")
     ax[2].set(xlabel="step", ylabel="gold E[r]", title="gold reward")
     paths.append(_save(fig, out / "separation_trajectories.png"))
+
+    # 4. u's feature inside the data's range, and the off-policy tabular case.
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    for key, run in t["inside"]["runs"].items():
+        name, opt = key.split("/")
+        ax[0].plot(run["steps"], run["kl"], "-" if opt == "gd" else "--", color=COLORS[name], label=key)
+    ax[0].set(xlabel="step", ylabel="KL(π‖π_ref)", title=f"u's style {t['inside']['style_u']:g} inside the data's range")
+    ax[0].legend(fontsize=6)
+    o = res["offpolicy"]
+    for name, run in o["runs"].items():
+        ax[1].plot(run["steps"], run["ood_mass"], color=COLORS[name], label=name)
+    ax[1].axhline(o["star"]["ood_mass"], ls=":", color="k", lw=0.8, label="π*")
+    ax[1].set(xlabel=f"step ({o['optimizer']})", ylabel="π(u)", yscale="log",
+              title="tabular, π_ref on the rejected response")
+    ax[1].legend(fontsize=7)
+    paths.append(_save(fig, out / "separation_more.png"))
     return paths
+
+
+def sweep(res: dict, out: Path) -> list[Path]:
+    """KL, J gap and π(u) against log(1/δ), one line style per data weight w_u."""
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    weights = sorted({c["w_u"] for c in res["cells"]})
+    styles = ["-", "--", ":", "-."]
+    for i, w in enumerate(weights):
+        cells = [c for c in res["cells"] if c["w_u"] == w]
+        x = [c["log_inv_delta"] for c in cells]
+        for name in ("dpo_worst", "dpo_gd", "rlhf_bounded", "hypo", "hypo_decay"):
+            lab = f"{name}, w_u={w:g}" if i in (0, len(weights) - 1) else None
+            ls = styles[i % len(styles)]
+            ax[0].plot(x, [c["runs"][name]["kl"] for c in cells], ls, color=COLORS[name], label=lab, marker=".")
+            ax[1].plot(x, [max(c["runs"][name]["j_gap"], 1e-16) for c in cells], ls, color=COLORS[name], marker=".")
+            ax[2].plot(x, [max(c["runs"][name]["u_mass"], 1e-17) for c in cells], ls, color=COLORS[name], marker=".")
+    x = [c["log_inv_delta"] for c in res["cells"] if c["w_u"] == weights[0]]
+    ax[0].plot(x, x, color="k", lw=0.6, label="log 1/δ")
+    ax[0].set(xlabel="log 1/δ", ylabel="final KL(π‖π_ref)", title="reverse KL (tabular, population data)")
+    ax[0].legend(fontsize=6)
+    ax[1].set(xlabel="log 1/δ", ylabel="J(π*) − J(π)", yscale="log", title="gold gap in J = E[r] − β·KL")
+    ax[2].set(xlabel="log 1/δ", ylabel="π(u)", yscale="log", title="mass on u")
+    return [_save(fig, out / "sweep.png")]
+
+
+def finite(res: dict, out: Path) -> list[Path]:
+    """J gap against N (mean ± s.e. over seeds) per coverage, with N^-1/2 and N^-1 slopes."""
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for i, (kind, curves) in enumerate(res["curves"].items()):
+        for name, c in curves.items():
+            ax[i].errorbar(c["n"], [max(v, 1e-8) for v in c["j_gap_mean"]], yerr=c["j_gap_se"],
+                           color=COLORS[name], marker="o", ms=3, label=name)
+        n = curves["rlhf"]["n"]
+        g0 = max(curves["rlhf"]["j_gap_mean"][0], 1e-6)
+        ax[i].plot(n, [g0 * (n[0] / v) ** 0.5 for v in n], "k:", lw=0.8, label="∝ N^-1/2 (bound's rate)")
+        ax[i].plot(n, [g0 * (n[0] / v) for v in n], "k--", lw=0.8, label="∝ N^-1")
+        ax[i].set(xscale="log", yscale="log", xlabel="N labelled pairs", title=f"{kind} coverage")
+    ax[0].set_ylabel("J(π*) − J(π̂)")
+    ax[0].legend(fontsize=7)
+    return [_save(fig, out / "finite_samples.png")]
 
 
 def extrapolation(res: dict, out: Path) -> list[Path]:
