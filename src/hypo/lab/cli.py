@@ -24,7 +24,7 @@ NAMES = ("separation", "sweep", "finite", "extrapolation", "ood-mass")
 
 # --quick: what each experiment shrinks to (config field -> value); --steps still overrides steps.
 QUICK = {
-    "separation": {"steps": 400, "lambda_sweep": [0.1, 0.01, 1e-3], "c_grid": [0.0, 10.0, 20.0, 30.0]},
+    "separation": {"steps": 1500, "lambda_sweep": [0.1, 0.01, 1e-3], "c_grid": [0.0, 10.0, 20.0, 30.0]},
     "sweep": {"steps": 400, "deltas": [1e-2, 1e-6, 1e-12], "weights": [0.0, 0.4]},
     "finite": {"steps": 200, "ns": [30, 1000], "seeds": 3},
     "extrapolation": {"steps": 500},
