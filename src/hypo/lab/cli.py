@@ -1,7 +1,7 @@
 """``hypo lab``: exact small-scale experiments of arXiv 2406.01462's coverage theory.
 
-How to run (until ``hypo lab`` is wired):  ``PYTHONPATH=src python -m hypo.lab.cli --out hypo-lab``
-  no subcommand      run all three, write lab.json and every figure
+Run:  ``hypo lab --out hypo-lab``  (the pages in docs/lab/ come from ``hypo lab --out docs/lab``)
+  no subcommand      run all five, write lab.json and every figure
   separation         global vs partial coverage: counterexample, optima, trajectories
   extrapolation      linear function approximation: the unseen best response gains mass
   ood-mass           tabular DPO: when out-of-data mass grows, and what HyPO's KL does
@@ -97,7 +97,7 @@ def summary(name: str, res: dict) -> list[str]:
         for key in ("dpo/gd", "hypo/gd", "hypo-decay/gd", "dpo/adam", "hypo/adam", "rlhf/gd", "rlhf-bounded/gd"):
             r = t["runs"][key]
             lines.append(f"trajectory {key:10s} ({r['optimizer']}): final KL {r['kl'][-1]:.2f}, "
-                         f"π(u) {r['ood_mass'][-1]:.3f}, gold E[r] {r['gold_reward'][-1]:.2f}, J gap {r['j_gap'][-1]:.1e}")
+                         f"π(u) {r['ood_mass'][-1]:.2g}, gold E[r] {r['gold_reward'][-1]:.2f}, J gap {r['j_gap'][-1]:.1e}")
         o = res["offpolicy"]
         lines.append("off-policy tabular (GD): " + ", ".join(
             f"{k} π(u) {v['ood_mass'][-1]:.3f} J gap {v['j_gap'][-1]:.2f}" for k, v in o["runs"].items()))
