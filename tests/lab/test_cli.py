@@ -6,11 +6,11 @@ from hypo.lab.cli import main
 
 
 def test_cli_all_writes_json_and_figures(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--steps", "100"]) == 0
+    assert main(["--out", str(tmp_path), "--quick"]) == 0
     data = json.loads((tmp_path / "lab.json").read_text())
-    assert set(data) == {"separation", "extrapolation", "ood-mass"}
+    assert set(data) == {"separation", "sweep", "finite", "extrapolation", "ood-mass"}
     for png in ("separation_global", "separation_counterexample", "separation_trajectories",
-                "extrapolation", "ood_mass"):
+                "separation_more", "sweep", "finite_samples", "extrapolation", "ood_mass"):
         assert (tmp_path / f"{png}.png").stat().st_size > 10_000
     assert "[separation]" in capsys.readouterr().out
 

@@ -7,6 +7,8 @@ way. Methods (arXiv 2406.01462):
 * ``"rlhf"``  — fit r̂ by Bradley–Terry MLE on the offline pairs (:func:`fit_reward_model`), then
   minimise −(E_π[r̂] − β·KL(π‖π_ref)) with exact expectations and gradients (paper eq. (1));
 * ``"hypo"``  — minimise L_dpo + λ·KL(π‖π_ref) with the KL computed exactly (paper Algorithm 1);
+  With ``lam_decay_steps`` set, λ decays as λ_t = λ/(1 + t/lam_decay_steps), so the fixed-λ
+  offset from π* (O(λ) in TV, O(λ²) in J) vanishes as t → ∞;
 * ``"hypo-sampled"`` — same, but the KL gradient is the leave-one-out estimator on k fresh samples
   of the current policy per prompt and step (DESIGN.md), i.e. what the LM trainer does.
 """
@@ -34,6 +36,11 @@ class Spec:
     k: int = 2
     seed: int = 0
     reward_hat: np.ndarray | None = None
+    lam_decay_steps: float | None = None
+
+    def lam_at(self, t: int) -> float:
+        """λ at step t (1-based): constant, or λ/(1 + t/lam_decay_steps)."""
+        return self.lam if self.lam_decay_steps is None else self.lam / (1.0 + t / self.lam_decay_steps)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +67,8 @@ def loss_fn(spec: Spec, bandit: Bandit, data: PairData) -> Callable[[np.ndarray]
 
 def grad_fn(spec: Spec, policy, bandit: Bandit, data: PairData) -> Callable[[np.ndarray], np.ndarray]:
     """θ ↦ gradient of the method's objective in the policy's parameters."""
+    if spec.lam_decay_steps is not None and spec.method in ("hypo", "hypo-sampled"):
+        return _decaying(spec, policy, bandit, data)
     if spec.method != "hypo-sampled":
         f = loss_fn(spec, bandit, data)
 
@@ -77,6 +86,23 @@ def grad_fn(spec: Spec, policy, bandit: Bandit, data: PairData) -> Callable[[np.
         g_kl = obj.rloo_kl_grad_logp(lp, bandit.ref_logp, bandit.rho, s)
         return policy.grad(theta, lp, g_dpo + spec.lam * g_kl)
     return g_sampled
+
+
+def _decaying(spec: Spec, policy, bandit: Bandit, data: PairData) -> Callable[[np.ndarray], np.ndarray]:
+    """HyPO's gradient with λ_t (the optimiser calls it once per step, so a call counter is t)."""
+    rng = np.random.default_rng(spec.seed)
+    t = [0]
+
+    def g(theta: np.ndarray) -> np.ndarray:
+        t[0] += 1
+        lp = policy.logp(theta)
+        _, g_dpo = obj.dpo(lp, bandit.ref_logp, data, bandit.beta)
+        if spec.method == "hypo":
+            g_kl = obj.kl(lp, bandit.ref_logp, bandit.rho)[1]
+        else:
+            g_kl = obj.rloo_kl_grad_logp(lp, bandit.ref_logp, bandit.rho, obj.sample_responses(lp, spec.k, rng))
+        return policy.grad(theta, lp, g_dpo + spec.lam_at(t[0]) * g_kl)
+    return g
 
 
 @dataclass

@@ -83,3 +83,67 @@ def ood_setting(ref: str, pattern: str, reward_spread: float = 3.0, beta: float 
     reward = np.concatenate([r_cov, np.zeros(4)])[None]
     bandit = Bandit(np.log(pi_ref), reward, np.array([1.0]), beta)
     return bandit, bt_population(bandit, [OOD_PATTERNS[pattern]])
+
+
+# ---- coverage strength (docs/lab/sweep.md) and behaviour policies (docs/lab/finite-samples.md) -------
+
+def separation_mixed_data(bandit: Bandit, w_u: float) -> PairData:
+    """Mixture of the partial data (weight 1 − w_u, every pair of 0..3) and pairs involving u
+    (weight w_u, u against each of 0..3): w_u = 0 is partial, 0.4 is the global data's share."""
+    X = bandit.shape[0]
+    partial = all_pairs(range(U))
+    with_u = [(y, U) for y in range(U)]
+    pairs = partial + (with_u if w_u > 0 else [])
+    w = np.array([(1 - w_u) / len(partial)] * len(partial) + ([w_u / len(with_u)] * len(with_u) if w_u > 0 else []))
+    return bt_population(bandit, [pairs] * X, [w] * X)
+
+
+def clip_to_data_range(reward_hat: np.ndarray, data: PairData) -> np.ndarray:
+    """A bounded reward class: r̂ clipped to [min, max] of r̂ on the responses the data show."""
+    cov = data.covered(reward_hat.shape)
+    return np.clip(reward_hat, reward_hat[cov].min(), reward_hat[cov].max())
+
+
+def behaviour_pairs(bandit: Bandit, mu: np.ndarray, n: int, rng: np.random.Generator) -> PairData:
+    """n triples: x ~ ρ, then two distinct responses drawn from the behaviour policy μ(·|x)
+    (``(X, Y)``; μ = π_ref is the paper's setting), one Bradley–Terry label each. Returned as the
+    empirical distribution (weights 1/n per draw, pref ∈ {0, 1}); repeated triples are kept apart."""
+    X, Y = bandit.shape
+    xs = rng.choice(X, size=n, p=bandit.rho)
+    a = np.empty(n, dtype=int)
+    b = np.empty(n, dtype=int)
+    for i, x in enumerate(xs):
+        a[i], b[i] = rng.choice(Y, size=2, replace=False, p=mu[x])
+    p = 1.0 / (1.0 + np.exp(-(bandit.reward[xs, a] - bandit.reward[xs, b])))
+    won = (rng.random(n) < p).astype(float)
+    return PairData(xs.astype(int), a, b, np.full(n, 1.0 / n), won)
+
+
+# Off-policy tabular case (docs/lab/separation.md part 4): π_ref puts its mass on the rejected
+# response, the chosen one is rare under π_ref, and the uncovered bad response u holds the rest.
+
+def offpolicy_setting(chosen_ref: float = 1e-6, u_ref: float = 0.01, beta: float = 0.15,
+                      rewards: tuple[float, float, float] = (1.0, -1.0, -3.0)) -> tuple[Bandit, PairData]:
+    """One prompt, responses (chosen, rejected, u); data: the one pair (chosen, rejected)."""
+    ref = np.array([[chosen_ref, 1 - chosen_ref - u_ref, u_ref]])
+    bandit = Bandit(np.log(ref), np.array([rewards]), np.array([1.0]), beta)
+    return bandit, bt_population(bandit, [[(0, 1)]])
+
+
+# Out-of-data grid (docs/lab/ood-mass.md): one prompt, Y responses with N(0, 1) gold rewards,
+# π_ref ∝ exp(skew·r) (skew < 0: π_ref favours worse responses, as for off-policy chosen data),
+# pairs drawn from π_ref; responses in no pair are "out of data".
+
+def ood_random_setting(seed: int, skew: float, beta: float, n_responses: int = 30,
+                       n_pairs: int = 40, labels: str = "bt") -> tuple[Bandit, PairData]:
+    """``labels``: ``"bt"`` one Bradley–Terry label per pair, ``"population"`` the exact σ(r_a − r_b)."""
+    rng = np.random.default_rng(seed)
+    reward = rng.normal(size=(1, n_responses))
+    ref_logp = skew * reward
+    ref_logp = ref_logp - np.log(np.exp(ref_logp).sum())
+    bandit = Bandit(ref_logp, reward, np.array([1.0]), beta)
+    data = behaviour_pairs(bandit, bandit.pi_ref, n_pairs, rng)
+    if labels == "population":
+        data = PairData(data.x, data.a, data.b, data.weight,
+                        1.0 / (1.0 + np.exp(-(reward[0, data.a] - reward[0, data.b]))))
+    return bandit, data

@@ -25,7 +25,7 @@ from hypo.lab.experiments.common import jsonable
 from hypo.lab.optim import Optimizer
 from hypo.lab.policies import Tabular
 from hypo.lab.setting import Bandit, PairData, log_softmax, mass, reverse_kl
-from hypo.lab.settings_lib import OOD_PATTERNS, OOD_REFS, ood_setting
+from hypo.lab.settings_lib import OOD_PATTERNS, OOD_REFS, ood_random_setting, ood_setting
 
 
 @dataclass
@@ -39,6 +39,11 @@ class OodConfig:
     spreads: list[float] = field(default_factory=lambda: [1.0, 3.0])   # covered reward range
     # the condition whose trajectories are plotted
     show: tuple[str, str, float] = ("favours-rejected", "best-vs-rest", 1.0)
+    # the grid closer to the paper's setup: 30 responses, 40 pairs drawn from π_ref
+    skews: list[float] = field(default_factory=lambda: [-3.0, 0.0, 3.0])  # π_ref ∝ e^{skew·r}
+    betas: list[float] = field(default_factory=lambda: [0.1, 0.5, 2.0])
+    seeds: int = 4
+    random_steps: int = 1000
 
 
 def gd_dpo_limit(bandit: Bandit, data: PairData) -> np.ndarray:
@@ -87,6 +92,49 @@ def run_condition(ref: str, pattern: str, spread: float, cfg: OodConfig, record_
     return out
 
 
+def random_cell(skew: float, beta: float, labels: str, seed: int, cfg: OodConfig) -> dict:
+    """One draw of the random setting: out-of-data mass ratio after DPO (GD) and HyPO (GD), the
+    GD-DPO limit where it exists (population labels), and the closed-form growth criterion."""
+    bandit, data = ood_random_setting(seed, skew, beta, labels=labels)
+    unc = ~data.covered(bandit.shape)
+    policy = Tabular(bandit.ref_logp)
+    ref_mass = mass(bandit.ref_logp, unc, bandit.rho)
+    opt = Optimizer("gd", cfg.gd_lr)
+    if not unc.any():  # every response drawn into some pair: nothing is out of data
+        return {"skew": skew, "beta": beta, "labels": labels, "seed": seed, "n_uncovered": 0}
+    out = {"skew": skew, "beta": beta, "labels": labels, "seed": seed, "n_uncovered": int(unc.sum()),
+           "ood_ref_mass": ref_mass}
+    for spec in (Spec("dpo"), Spec("hypo", lam=cfg.lam)):
+        th, _ = train(spec, policy, bandit, data, opt, cfg.random_steps)
+        out[f"{spec.method}_ratio"] = mass(policy.logp(th), unc, bandit.rho) / ref_mass
+    if labels == "population":
+        out["gd_limit_ratio"] = mass(gd_dpo_limit(bandit, data), unc, bandit.rho) / ref_mass
+    return out
+
+
+def run_random_grid(cfg: OodConfig) -> dict:
+    """Skew × β × labels × seeds; counts how often DPO raised the out-of-data mass, per cell."""
+    cells, rows = [], []
+    for labels in ("bt", "population"):
+        for skew in cfg.skews:
+            for beta in cfg.betas:
+                rs = [random_cell(skew, beta, labels, s, cfg) for s in range(cfg.seeds)]
+                rows += rs
+                rs = [r for r in rs if r["n_uncovered"] > 0]
+                cells.append({"skew": skew, "beta": beta, "labels": labels, "n": len(rs),
+                              "dpo_grew": sum(r["dpo_ratio"] > 1 + 1e-9 for r in rs),
+                              "hypo_grew": sum(r["hypo_ratio"] > 1 + 1e-9 for r in rs),
+                              "dpo_ratio_median": float(np.median([r["dpo_ratio"] for r in rs])) if rs else None,
+                              "hypo_ratio_median": float(np.median([r["hypo_ratio"] for r in rs])) if rs else None})
+    return {"n_responses": 30, "n_pairs": 40, "steps": cfg.random_steps, "cells": cells, "rows": rows}
+
+
+def distinct_cells(grid: list[dict]) -> int:
+    """How many grid conditions give different results (rounded to 6 digits): repeated cells
+    (e.g. connected pair patterns with the same GD limit) count once."""
+    return len({tuple(round(g["runs"][k]["final_ratio"], 6) for k in sorted(g["runs"])) for g in grid})
+
+
 def run(cfg: OodConfig | None = None) -> dict:
     cfg = cfg or OodConfig()
     grid = []
@@ -99,4 +147,7 @@ def run(cfg: OodConfig | None = None) -> dict:
                         run_.pop(key)
                 grid.append(res)
     shown = run_condition(*cfg.show, cfg)
-    return jsonable({"config": asdict(cfg), "policy_class": "tabular", "grid": grid, "shown": shown})
+    return jsonable({"config": asdict(cfg), "policy_class": "tabular", "grid": grid,
+                     "distinct_cells": distinct_cells(grid),
+                     "distinct_gd_limits": len({round(g["gd_dpo_limit_ratio"], 6) for g in grid}),
+                     "shown": shown, "random": run_random_grid(cfg)})
