@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -80,16 +81,23 @@ def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
     """Load the model named in cfg, add LoRA if asked, and set up the reference."""
     model = load_causal_lm(cfg.model_name_or_path, cfg.dtype)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers ≥ 5.x renamed it (the old name warns); older versions only have the old one
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
+        from .preflight import check_lora_targets
+
         targets = cfg.lora_target_modules
+        check_lora_targets(model, targets, cfg.model_name_or_path)  # peft's error lists no candidates
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=targets, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora).eval()
+        with warnings.catch_warnings():  # peft's own call of a deprecated transformers name
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, lora).eval()
         return PolicyPair(model, None, is_peft=True)
     reference = None
     if need_reference:
