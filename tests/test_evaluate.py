@@ -152,3 +152,14 @@ def test_reference_of_a_hypo_run_comes_from_its_config(tiny, tmp_path, capsys):
         assert code == 0, capsys.readouterr().err
         r = json.loads((out / "eval.json").read_text())
         assert r["ref_model"] == str(tiny["model"]) and r["kl"]["estimate"] == 0.0
+
+
+def test_loading_an_adapter_raises_no_deprecation_warnings(models):
+    import warnings
+
+    from hypo.evaluate import load_pair
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pair(str(models["adapter"]), None)
+    assert [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))] == []

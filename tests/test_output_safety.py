@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hypo.cli import main, resume_command
+from hypo.cli import main
 from hypo.config import ConfigError
 from hypo.trainer import Trainer
 
@@ -150,6 +150,8 @@ def test_extending_a_decaying_schedule_is_refused_with_the_reason(base_config, t
 
 
 def test_resume_command_drops_overwrite_and_old_resume():
+    from hypo.cli import resume_command
+
     argv = ["train", "--output_dir", "o x", "--overwrite_output_dir", "--beta", "0.2",
             "--resume_from_checkpoint", "o/checkpoint-4", "--overwrite_output_dir", "true", "--seed", "1"]
     assert resume_command(argv) == ("hypo train --output_dir 'o x' --beta 0.2 --seed 1 "

@@ -6,7 +6,6 @@ import pytest
 
 from hypo.cli import main
 from hypo.config import ConfigError
-from hypo.preflight import check_lora_targets, check_output_dir, looks_local
 
 
 def train_argv(model, data, out, *extra):
@@ -85,6 +84,8 @@ def test_lora_targets_matching_nothing_list_the_candidates(tiny, tmp_path, capsy
 def test_build_policy_checks_lora_targets_on_the_loaded_model(tiny):
     from transformers import AutoModelForCausalLM
 
+    from hypo.preflight import check_lora_targets
+
     model = AutoModelForCausalLM.from_pretrained(tiny["model"])
     check_lora_targets(model, "q_proj, v_proj")  # matches
     check_lora_targets(model, "all-linear")
@@ -93,6 +94,8 @@ def test_build_policy_checks_lora_targets_on_the_loaded_model(tiny):
 
 
 def test_hub_ids_and_local_paths():
+    from hypo.preflight import looks_local
+
     for hub in ("gpt2", "EleutherAI/pythia-1.4b", "org/name-v1.5"):
         assert not looks_local(hub), hub
     for local in ("./m", "../m", "/abs/m", "~/m", "a/b/c", "m/"):
@@ -110,6 +113,7 @@ def test_eval_with_a_missing_model_exits_2(tiny, tmp_path, capsys, no_weights):
 
 def test_check_output_dir_is_a_plain_function(tmp_path):
     from hypo.config import TrainConfig
+    from hypo.preflight import check_output_dir
 
     out = tmp_path / "out"
     cfg = TrainConfig(model_name_or_path="m", dataset_name="d", output_dir=str(out))

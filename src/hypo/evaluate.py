@@ -24,7 +24,7 @@ from .config import ConfigError
 from .data import load_prompts, tokenize_prompts
 from .logprobs import batched_logps, sequence_logps
 from .losses import reverse_kl_estimate
-from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer
+from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer, quiet_peft
 from .progress import console, step_progress
 from .reporting import fmt, histogram, json_safe, md_table, summary
 from .sampling import OnlineSampler, OnlineSamples
@@ -128,7 +128,8 @@ def load_pair(model: str | None, ref_model: str | None, dtype: str = "float32",
     if base is not None:
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(load_causal_lm(base, dtype), model).eval()
+        with quiet_peft():
+            policy = PeftModel.from_pretrained(load_causal_lm(base, dtype), model).eval()
     else:
         policy = load_causal_lm(model, dtype)
     policy.requires_grad_(False)

@@ -50,6 +50,15 @@ def load_causal_lm(name: str, dtype: str = "float32"):
     return model.eval()
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft (0.21) calls `is_gradient_checkpointing`, deprecated in transformers 5: not hypo's call,
+    and nothing a user can act on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 @dataclass
 class PolicyPair:
     """The trainable policy and access to its frozen reference."""
@@ -95,8 +104,7 @@ def build_policy(cfg: TrainConfig, need_reference: bool) -> PolicyPair:
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=targets, task_type="CAUSAL_LM")
-        with warnings.catch_warnings():  # peft's own call of a deprecated transformers name
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        with quiet_peft():
             model = get_peft_model(model, lora).eval()
         return PolicyPair(model, None, is_peft=True)
     reference = None
