@@ -79,7 +79,8 @@ def test_hypo_train_end_to_end(tiny, tmp_path):
     # TensorBoard: read the event file back and find the metrics.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out / "runs"))
+    [run_dir] = (out / "runs").iterdir()  # this run's own folder, output_dir/runs/<run_name>
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss", "rewards/margins", "kl/online"} <= tags

@@ -86,3 +86,18 @@ def test_coverage_reference_loglik_matches_sequence_logps(tiny, tmp_path):
 def test_coverage_needs_a_reference(tiny, tmp_path, capsys):
     code = main(["coverage", "--dataset", str(tiny["data"]), "--out", str(tmp_path / "x")])
     assert code == 2 and "--ref_model" in capsys.readouterr().err
+
+
+def test_coverage_reference_of_a_hypo_run_comes_from_its_config(tiny, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["model"], run)
+    (run / "hypo_config.json").write_text(json.dumps({"model_name_or_path": str(tiny["model"])}))
+    out = tmp_path / "cov"
+    code = main(["coverage", "--dataset", str(tiny["data"]), "--model", str(run), "--num_pairs", "2",
+                 "--samples_per_prompt", "2", "--max_new_tokens", "3", "--out", str(out),
+                 "--disable_progress_bar"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "coverage.json").read_text())
+    assert r["ref_model"] == str(tiny["model"]) and r["policy"]["kl"] == 0.0

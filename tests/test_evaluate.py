@@ -133,3 +133,36 @@ def test_every_option_has_help(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--out" in capsys.readouterr().out
+
+
+def fake_run(tiny, root):
+    """A hypo output folder of a full fine-tune (here: the tiny model itself) and its merged copy."""
+    import shutil
+
+    run = root / "run"
+    shutil.copytree(tiny["model"], run)
+    shutil.copytree(tiny["model"], run / "merged")
+    (run / "hypo_config.json").write_text(json.dumps({"model_name_or_path": str(tiny["model"])}))
+    return run
+
+
+def test_reference_of_a_hypo_run_comes_from_its_config(tiny, tmp_path, capsys):
+    run = fake_run(tiny, tmp_path)
+    for model in (run, run / "merged"):
+        out = tmp_path / f"ev-{model.name}"
+        code = main(["eval", "--model", str(model), "--prompts", str(tiny["data"]), "--num_prompts", "2",
+                     "--max_new_tokens", "3", "--out", str(out), "--disable_progress_bar"])
+        assert code == 0, capsys.readouterr().err
+        r = json.loads((out / "eval.json").read_text())
+        assert r["ref_model"] == str(tiny["model"]) and r["kl"]["estimate"] == 0.0
+
+
+def test_loading_an_adapter_raises_no_deprecation_warnings(models):
+    import warnings
+
+    from hypo.evaluate import load_pair
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pair(str(models["adapter"]), None)
+    assert [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))] == []

@@ -14,7 +14,9 @@ def test_training_writes_a_card_next_to_each_saved_model(base_config):
     out = Path(cfg.output_dir)
     for folder in (out, out / "merged"):
         card = (folder / "README.md").read_text()
-        assert f"base_model: {cfg.model_name_or_path}" in card
+        assert "base_model:" not in card  # a local folder is not a hub reference
+        assert "(a local folder, not a hub model)" in card
+        assert "evaluation pairs: a random 0.2 share of" in card  # the eval data is named
         assert cfg.dataset_name in card and "training pairs" in card
         assert "HyPO" in card and "0.07" in card  # algorithm and λ
         assert "| beta | 0.1 |" in card and "| learning_rate | 0.001 |" in card
@@ -48,3 +50,18 @@ def test_card_says_whether_online_samples_were_unbiased(tmp_path):
     cfg.temperature = 0.7
     card = write_model_card(tmp_path / "c", cfg, {"online/clipped_ratio": 0.0}, {}).read_text()
     assert "Online samples unbiased: no" in card and "temperature" in card
+
+
+def test_card_without_evaluation_mentions_none_and_names_eval_data(base_config, tmp_path):
+    """No eval ran: the card says so and shows no eval metrics; a separate eval file is named."""
+    cfg = base_config(algo="dpo", max_steps=2, eval_split_size=0.0)
+    Trainer(cfg).train()
+    card = (Path(cfg.output_dir) / "README.md").read_text()
+    assert "no evaluation ran" in card and "last evaluation" not in card
+    assert "| eval_" not in card and "- evaluation: none" in card
+    cfg2 = TrainConfig(model_name_or_path="org/sft", dataset_name="trl-lib/x",
+                       eval_dataset_name="trl-lib/x-test")
+    card2 = write_model_card(tmp_path / "c", cfg2, {"step": 3, "loss": 0.5, "eval_loss": 0.6},
+                             {"eval_pairs": 5}).read_text()
+    assert "base_model: org/sft" in card2  # a hub id stays in the metadata
+    assert "evaluation pairs from `trl-lib/x-test`" in card2 and "last evaluation" in card2

@@ -54,12 +54,33 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+def resume_command(argv: list[str]) -> str:
+    """`hypo train` with the same arguments, continuing from the newest checkpoint (no overwrite)."""
+    import shlex
+
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume_from_checkpoint", "--overwrite_output_dir"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else "--"
+            # --overwrite_output_dir takes an optional BOOL; --resume_from_checkpoint a value
+            skip = "=" not in arg and (name == "--resume_from_checkpoint" or not nxt.startswith("--"))
+            continue
+        kept.append(arg)
+    return "hypo " + shlex.join(kept + ["--resume_from_checkpoint", "auto"])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .progress import console
-    from .trainer import train
+    from .trainer import Trainer
 
     cfg = build_config(args)
-    result = train(cfg)
+    trainer = Trainer(cfg)
+    trainer.resume_command = resume_command(getattr(args, "argv", None) or ["train"])
+    result = trainer.train()
     console.print(f"[green]done[/]: {result.get('step')} steps; model, metrics.jsonl and logs in "
                   f"{cfg.output_dir}")
     return 0
@@ -108,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _settings(cls, args: argparse.Namespace):
     """A settings dataclass from the parsed flags (minus argparse's own keys)."""
-    return cls(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    return cls(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "argv")})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -305,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return lab_main(argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # for the exact resume command after a signal
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

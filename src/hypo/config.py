@@ -191,6 +191,15 @@ class TrainConfig:
     # ---- logging, evaluation, saving ----------------------------------------------------------
     output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
                           "(output_dir/checkpoint-N) go.", group="output")
+    overwrite_output_dir: bool = opt(
+        False, "Start over in an output_dir that holds a run: remove that run's files (checkpoints, "
+        "metrics, logs, saved model; other files stay) and train from step 0. Without it a new run "
+        "into such a folder is refused; ignored with resume_from_checkpoint.", group="output")
+    run_name: str | None = opt(None, "Name of the run in TensorBoard / W&B; default: the start time "
+                               "and host. A resumed run keeps the name of the run it continues.",
+                               group="output")
+    logging_dir: str | None = opt(None, "TensorBoard folder; default output_dir/runs/<run_name>, so "
+                                  "separate runs never share an event folder.", group="output")
     logging_steps: int = opt(1, "Log metrics every N optimizer steps.", group="output")
     eval_strategy: str = opt(
         "steps", "When to evaluate, if there is eval data: 'steps' (every eval_steps and at the end), "

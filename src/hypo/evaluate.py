@@ -24,7 +24,7 @@ from .config import ConfigError
 from .data import load_prompts, tokenize_prompts
 from .logprobs import batched_logps, sequence_logps
 from .losses import reverse_kl_estimate
-from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer
+from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer, quiet_peft
 from .progress import console, step_progress
 from .reporting import fmt, histogram, json_safe, md_table, summary
 from .sampling import OnlineSampler, OnlineSamples, samples_unbiased
@@ -66,6 +66,30 @@ def _adapter_base(name: str) -> str | None:
     return base
 
 
+def run_reference(name: str) -> str | None:
+    """The model a hypo run started from (``model_name_or_path`` in its hypo_config.json), for a
+    hypo output folder or its ``merged`` subfolder; None otherwise."""
+    folder = Path(name)
+    for path in (folder / "hypo_config.json", folder.parent / "hypo_config.json"):
+        if path.is_file() and (path.parent == folder or folder.name == "merged"):
+            try:
+                return json.loads(path.read_text()).get("model_name_or_path")
+            except ValueError:
+                raise ConfigError(f"{path} is not valid JSON; pass --ref_model explicitly.") from None
+    return None
+
+
+def check_sources(model: str | None, ref_model: str | None) -> None:
+    """Refuse missing local folders and models without a causal-LM head before loading weights."""
+    from .preflight import check_causal_lm, check_model_source
+
+    for name, flag in ((model, "--model"), (ref_model, "--ref_model")):
+        if name:
+            config = check_model_source(name, flag, flag)
+            if config is not None:
+                check_causal_lm(config, name, flag)
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +117,13 @@ def load_pair(model: str | None, ref_model: str | None, dtype: str = "float32",
     if dtype not in DTYPE and dtype != "auto":
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPE)} or auto.")
     dev = pick_device(device)
+    check_sources(model, ref_model)
     base = _adapter_base(model) if model else None
+    if model and base is None and not ref_model:
+        ref_model = run_reference(model)  # a full fine-tune by hypo: its starting model
+        if ref_model:
+            console.print(f"reference: {ref_model} (model_name_or_path of the run in {model})")
+            check_sources(None, ref_model)
     if model is None:
         if not ref_model:
             raise ConfigError("pass --ref_model (the reference / SFT model folder or hub id).")
@@ -102,12 +132,14 @@ def load_pair(model: str | None, ref_model: str | None, dtype: str = "float32",
         names = {"model": None, "ref_model": ref_model, "base_model": None}
         return PolicyPair(ref, ref, is_peft=False), load_tokenizer(ref_model), names
     if base is None and not ref_model:
-        raise ConfigError(f"{model} is a full model (no adapter_config.json), so its reference is "
-                          "unknown: pass --ref_model with the reference / SFT model it started from.")
+        raise ConfigError(f"{model} is a full model (no adapter_config.json) and not a hypo output "
+                          "folder (no hypo_config.json), so its reference is unknown: pass "
+                          "--ref_model with the reference / SFT model it started from.")
     if base is not None:
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(load_causal_lm(base, dtype), model).eval()
+        with quiet_peft():
+            policy = PeftModel.from_pretrained(load_causal_lm(base, dtype), model).eval()
     else:
         policy = load_causal_lm(model, dtype)
     policy.requires_grad_(False)
@@ -166,6 +198,9 @@ class RewardScorer:
                  max_length: int = 1024):
         from transformers import AutoModelForSequenceClassification
 
+        from .preflight import check_model_source
+
+        check_model_source(name, "--reward_model")  # a missing folder: say so, before the tokenizer
         self.tokenizer = load_tokenizer(name)
         self.tokenizer.truncation_side = "left"  # keep the response, cut the start of the prompt
         kwargs = {} if dtype == "auto" else {"dtype": DTYPE[dtype]}

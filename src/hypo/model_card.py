@@ -47,6 +47,23 @@ def final_metrics(output_dir: str | Path) -> dict:
     return {**train, **{k: v for k, v in evals.items() if k != "step"}}
 
 
+def _is_hub_id(name) -> bool:
+    """A hub id (``org/name`` or ``name``) rather than a local path."""
+    from .preflight import looks_local
+
+    return bool(name) and not looks_local(str(name)) and not Path(str(name)).exists()
+
+
+def _eval_data(cfg, data_report: dict) -> str:
+    """Which pairs the evaluation metrics come from."""
+    if not data_report.get("eval_pairs"):
+        return "- evaluation: none (no evaluation pairs)"
+    if cfg.eval_dataset_name:
+        return f"- evaluation pairs from `{cfg.eval_dataset_name}` (split `{cfg.dataset_split}`)"
+    return (f"- evaluation pairs: a random {cfg.eval_split_size:g} share of `{cfg.dataset_name}` held "
+            f"out from training (seed {cfg.seed})")
+
+
 def _value(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.6g}"
@@ -91,8 +108,10 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     name = "HyPO" if cfg.algo == "hypo" else "DPO"
     tags = ["hypo", "dpo"] if cfg.algo == "dpo" else ["hypo"]
     tags += ["preference-optimization", "arxiv:2406.01462"]
-    front = ["---", f"base_model: {cfg.model_name_or_path}",
-             f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
+    # base_model is a hub reference: a local folder means nothing on the hub, so it is left out.
+    front = ["---"] + ([f"base_model: {cfg.model_name_or_path}"] if _is_hub_id(cfg.model_name_or_path)
+                       else [])
+    front += [f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
     front += [f"- {t}" for t in tags]
     if cfg.dataset_name and not Path(cfg.dataset_name).exists():
         front += ["datasets:", f"- {cfg.dataset_name}"]
@@ -103,6 +122,7 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
              "", f"This is {kind}, trained from `{cfg.model_name_or_path}` with "
              f"[hypo](https://arxiv.org/abs/2406.01462) ({name}).", "",
              "## Base model", "", f"`{cfg.model_name_or_path}`"
+             + ("" if _is_hub_id(cfg.model_name_or_path) else " (a local folder, not a hub model)")
              + (f" (tokenizer `{cfg.tokenizer_name_or_path}`)" if cfg.tokenizer_name_or_path else ""),
              "", "## Data", "",
              f"- preference pairs: `{cfg.dataset_name}` (split `{cfg.dataset_train_split}`)"]
@@ -116,6 +136,7 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
             lines.append(f"- {label}: {value}")
     if cfg.prompt_dataset_name:
         lines.append(f"- online prompts from `{cfg.prompt_dataset_name}`")
+    lines.append(_eval_data(cfg, data_report))
     lines += ["", "## Algorithm", "", _algorithm(cfg), "", "## Hyper-parameters", "",
               "| setting | value |", "|---|---|"]
     limits = {"max_prompt_length": cfg.prompt_limit()}  # the limit in force, also when derived
@@ -125,10 +146,13 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
         lines += ["", _sampling_line(cfg, metrics)]
     lines += ["", "## Final metrics", ""]
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+    evaluated = any(k.startswith("eval_") for k in shown)
     if shown:
         step = metrics.get("step")
-        lines += ([f"After step {step} (last logged training metrics and last evaluation)."]
-                  if step is not None else []) + ["", "| metric | value |", "|---|---|"]
+        what = "last logged training metrics and last evaluation" if evaluated else (
+            "last logged training metrics; no evaluation ran")
+        lines += ([f"After step {step} ({what})."] if step is not None else []) + [
+            "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_value(v)} |" for k, v in sorted(shown.items())]
     else:
         lines.append("No metrics were logged.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,15 @@ def precision_warnings(cfg: TrainConfig, device: torch.device) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft (0.21) calls `is_gradient_checkpointing`, deprecated in transformers 5: not hypo's call,
+    and nothing a user can act on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 @dataclass
 class PolicyPair:
     """The trainable policy and access to its frozen reference."""
@@ -200,12 +210,16 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
     if cfg.use_peft or peft_config is not None:
         from peft import LoraConfig, get_peft_model
 
+        from .preflight import check_lora_targets
+
         targets = cfg.lora_target_modules
+        check_lora_targets(model, targets, cfg.model_name_or_path)  # peft's error lists no candidates
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
         lora = peft_config or LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                          lora_dropout=cfg.lora_dropout, target_modules=targets,
                                          task_type="CAUSAL_LM")
-        model = _lora_dropout_off(get_peft_model(model, lora).train())
+        with quiet_peft():
+            model = _lora_dropout_off(get_peft_model(model, lora).train())
         return PolicyPair(model, None, is_peft=True)
     if ref_model is not None:  # given by the caller: frozen where it is, never copied
         return PolicyPair(model, ref_model.eval().requires_grad_(False), is_peft=False)

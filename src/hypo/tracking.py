@@ -11,7 +11,9 @@ class MetricsLogger:
     """Writes one JSON object per logging event to ``output_dir/metrics.jsonl`` and mirrors scalars
     to the trackers named in ``report_to``. Metric names follow TRL's DPO names."""
 
-    def __init__(self, output_dir: str | Path, trackers: list[str], config: dict, enabled: bool = True):
+    def __init__(self, output_dir: str | Path, trackers: list[str], config: dict, enabled: bool = True,
+                 log_dir: str | Path | None = None, run_name: str | None = None):
+        """log_dir: TensorBoard folder of this run (default output_dir/runs); run_name: W&B name."""
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tb = self.wandb = None
@@ -21,14 +23,14 @@ class MetricsLogger:
         if "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "runs"))
+            self.tb = SummaryWriter(log_dir=str(log_dir or Path(output_dir) / "runs"))
         if "wandb" in trackers:
             try:
                 import wandb
             except ImportError:
                 raise RuntimeError("report_to includes wandb but it is not installed: "
                                    "pip install 'hypo[wandb]' (or drop wandb from report_to).") from None
-            self.wandb = wandb.init(config=config, dir=str(output_dir), reinit=True)
+            self.wandb = wandb.init(config=config, dir=str(output_dir), reinit=True, name=run_name)
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.enabled:

@@ -34,6 +34,7 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
+from .preflight import clear_output_dir, preflight
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .modeling import lora_dropout_active, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
@@ -148,6 +149,7 @@ class Trainer:
         model / ref_model / peft_config / processing_class / datasets: in-memory objects that
         replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them)."""
         self.cfg = cfg.validate()
+        preflight(cfg)  # output_dir, model head, paths, LoRA targets: before any data or weights load
         self.eval_hook = eval_hook
         self.model_object = model
         self.data = data or prepare_data(cfg, processing_class, datasets)
@@ -205,6 +207,8 @@ class Trainer:
         # callables(trainer, metrics) run after every optimizer step (benchmarks, custom logging)
         self.step_callbacks: list = []
         self._signal = None
+        # Shown after a signal's checkpoint; the CLI sets the exact command line.
+        self.resume_command = "the same settings with resume_from_checkpoint='auto'"
 
     # ---- set-up helpers -----------------------------------------------------------------------
     def autocast(self):
@@ -360,19 +364,26 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         out_dir = Path(cfg.output_dir)
         if cfg.resume_from_checkpoint:
+            if cfg.overwrite_output_dir:
+                console.print("overwrite_output_dir is ignored: resume_from_checkpoint continues the run.")
             self._resume(cfg.resume_from_checkpoint)
+        elif cfg.overwrite_output_dir and acc.is_main_process:
+            self._clear_previous_run(out_dir)
+        self._set_run_name(out_dir)
         if acc.is_main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(out_dir / "hypo_config.json")
             (out_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2) + "\n")
-        self.logger = MetricsLogger(out_dir, cfg.trackers(), cfg.to_dict(), enabled=acc.is_main_process)
+        log_dir = Path(cfg.logging_dir) if cfg.logging_dir else out_dir / "runs" / cfg.run_name
+        self.logger = MetricsLogger(out_dir, cfg.trackers(), cfg.to_dict(), enabled=acc.is_main_process,
+                                    log_dir=log_dir, run_name=cfg.run_name)
         self.logger.truncate_after(self.step)
         samples_log = out_dir / "online_samples.jsonl"
         if cfg.log_online_samples and acc.is_main_process:
             truncate_jsonl(samples_log, self.step)
         self._install_signal_handlers()
         accum, b = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
-        last_eval = {}
+        last_eval, first_step = {}, self.step
         try:
             with step_progress("training", self.total_steps, cfg.disable_progress_bar
                                or not acc.is_main_process, completed=self.step) as advance:
@@ -417,10 +428,13 @@ class Trainer:
                     if self._stop_requested():
                         if not self._due("save", self.step):
                             self.save_checkpoint()
+                        self._print_resume_hint()
                         raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
             if self.data.eval and cfg.eval_strategy != "no" and not self._due("eval", self.step):
                 last_eval = self.evaluate()
                 self.logger.log(last_eval, self.step)
+            if cfg.save_steps and self.step % cfg.save_steps and self.step > first_step:
+                self.save_checkpoint()  # the final step too, so a finished run can be extended
             self.save_model()
         finally:
             self.logger.close()
@@ -439,6 +453,37 @@ class Trainer:
             per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
             return step * per_step // n > (step - 1) * per_step // n
         return False
+
+    def _clear_previous_run(self, out_dir: Path) -> None:
+        """overwrite_output_dir: remove the previous run's own files, say what went and what stayed."""
+        removed, kept = clear_output_dir(out_dir)
+        if removed:
+            console.print(f"overwrite_output_dir: removed the previous run in {out_dir} "
+                          f"({', '.join(removed)})" + (f"; left other files untouched: {', '.join(kept)}"
+                                                      if kept else ""))
+
+    def _set_run_name(self, out_dir: Path) -> None:
+        """run_name (TensorBoard / W&B): given, the resumed run's own, or start time and host."""
+        if self.cfg.run_name:
+            return
+        saved = out_dir / "hypo_config.json"
+        if self.cfg.resume_from_checkpoint and saved.is_file():
+            try:
+                self.cfg.run_name = json.loads(saved.read_text()).get("run_name")
+            except ValueError:  # a damaged file: a new name below
+                pass
+        if not self.cfg.run_name:
+            import datetime
+            import socket
+
+            self.cfg.run_name = datetime.datetime.now().strftime("%b%d_%H-%M-%S_") + socket.gethostname()
+
+    def _print_resume_hint(self) -> None:
+        if self.acc.is_main_process:
+            folder = Path(self.cfg.output_dir) / f"{ckpt.PREFIX}{self.step}"
+            # one unwrapped line without markup, so that the command can be copied as it is
+            console.print(f"checkpoint written to {folder}; resume with: {self.resume_command}",
+                          soft_wrap=True, markup=False, highlight=False)
 
     def _finish_step(self, totals: dict, losses: list[float]) -> dict:
         """Clip, guard against non-finite values, apply the update; returns the step's metrics."""
@@ -574,6 +619,7 @@ class Trainer:
         manifest, trainable, state = ckpt.load_checkpoint(folder)
         old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
         changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
+        changed = self._check_new_length(changed, old, state["step"], folder)
         changed += [f"fingerprint:{k}" for k, v in manifest["fingerprints"].items()
                     if self.fingerprints.get(k) != v]
         if changed:
@@ -600,6 +646,29 @@ class Trainer:
         self.step, self.skipped = state["step"], state["skipped"]
         self.consecutive_skips = state["consecutive_skips"]
         console.print(f"resumed from {folder} at step {self.step}")
+
+    def _check_new_length(self, changed: list[str], old: dict, step: int, folder: Path) -> list[str]:
+        """A different max_steps / num_train_epochs resumes only where the learning rate of every
+        step does not depend on the total (constant schedule, warm-up in steps); the rest of
+        ``changed`` is returned for the caller to refuse."""
+        length = [f for f in changed if f in ("max_steps", "num_train_epochs")]
+        if not length:
+            return changed
+        cfg = self.cfg
+        what = ", ".join(f"{f} {old.get(f)} -> {getattr(cfg, f)}" for f in length)
+        if self.total_steps < step:
+            why = f"the checkpoint is at step {step}, beyond the new total of {self.total_steps} steps"
+        elif cfg.lr_scheduler_type not in ("constant", "constant_with_warmup", "inverse_sqrt"):
+            why = (f"lr_scheduler_type {cfg.lr_scheduler_type!r} sets every step's learning rate from "
+                   "the total number of steps")
+        elif cfg.warmup_ratio > 0 and not cfg.warmup_steps:
+            why = f"warmup_ratio {cfg.warmup_ratio} sets the warm-up length from the total number of steps"
+        else:
+            return [f for f in changed if f not in length]
+        raise ConfigError(f"cannot resume from {folder} with {what}: {why}, so the steps already taken "
+                          "would not be those of the new run. Keep the old length, or start a new run "
+                          "(runs meant to be extended use lr_scheduler_type constant, with warmup_steps "
+                          "rather than warmup_ratio).")
 
     def save_model(self) -> None:
         """Final model with save_pretrained (adapter, and merged on request) plus its tokenizer."""

@@ -47,6 +47,7 @@ def profile_hypo(workload: dict, algo: str, settings, out: Path, steps: int = 4,
         per_device_train_batch_size=settings.batch_size, max_length=workload["max_length"],
         max_prompt_length=workload["max_length"] - 1, learning_rate=settings.learning_rate,
         lr_scheduler_type="constant", max_steps=warmup + steps, output_dir=str(out / f"profile-{algo}"),
+        overwrite_output_dir=True,  # the benchmark owns its folders
         ref_cache_dir=str(out / "profile-ref-cache"), save_steps=0, report_to="none",
         disable_progress_bar=True, eval_online_prompts=0, seed=settings.seed)
     trainer = Trainer(cfg)

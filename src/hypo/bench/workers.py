@@ -89,6 +89,7 @@ def run_hypo(spec: dict, algo: str) -> dict:
         per_device_train_batch_size=b, max_length=wl["max_length"],
         max_prompt_length=wl["max_length"] - 1, learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant", max_steps=steps, output_dir=str(out / "run"),
+        overwrite_output_dir=True,  # the benchmark owns its folders
         ref_cache_dir=str(out / "ref-cache"), dtype=spec.get("dtype", "float32"), save_steps=0,
         report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=spec["seed"])
     trainer = Trainer(cfg)

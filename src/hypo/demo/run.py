@@ -50,6 +50,7 @@ def train_one(settings: DemoSettings, task: Task, ref_dir: Path, data: Path, eva
 
     cfg = TrainConfig(
         model_name_or_path=str(ref_dir), dataset_name=str(data), eval_dataset_name=str(eval_data),
+        overwrite_output_dir=True,  # the demo owns its folders
         output_dir=str(out), ref_cache_dir=str(out.parent.parent / "cache"), algo=method,
         beta=settings.beta, learning_rate=settings.learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=settings.batch_size, max_steps=settings.steps,
