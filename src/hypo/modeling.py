@@ -213,7 +213,8 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
         from .preflight import check_lora_targets
 
         targets = cfg.lora_target_modules
-        check_lora_targets(model, targets, cfg.model_name_or_path)  # peft's error lists no candidates
+        if peft_config is None:  # peft's own error lists no candidates
+            check_lora_targets(model, targets, cfg.model_name_or_path)
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
         lora = peft_config or LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                          lora_dropout=cfg.lora_dropout, target_modules=targets,
