@@ -207,3 +207,20 @@ def test_docs_example_runs(tmp_path, monkeypatch):
     exec(compile("\n".join(blocks), str(DOC), "exec"), namespace)
     assert (tmp_path / "hypo-api-demo" / "adapter_config.json").exists()
     assert os.path.isdir(tmp_path / "hypo-api-demo")
+
+
+def test_a_folder_holding_a_run_is_refused_at_train_unless_resumed(objects, config, tmp_path):
+    """TRL's flow names resume only in train(): the output_dir check waits for it, and still
+    refuses to overwrite a run that is not resumed."""
+    from hypo import HyPOTrainer
+    from hypo.config import ConfigError
+
+    tokenizer, records, make_model = objects
+    args = dict(output_dir=str(tmp_path / "run"), save_steps=2, max_steps=2, algo="dpo")
+    HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+                processing_class=tokenizer).train()
+    again = HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+                        processing_class=tokenizer)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        again.train()
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()

@@ -270,4 +270,4 @@ def test_no_strategy_and_steps_strategy(base_config, tmp_path):
                              eval_steps=1, save_steps=1)
     assert evals == [] and saved == []
     evals, saved = run_steps(base_config, tmp_path, "steps", eval_steps=2, save_steps=2)
-    assert evals == [2, 4, 5] and saved == [2, 4]  # every N steps; eval also at the end
+    assert evals == [2, 4, 5] and saved == [2, 4, 5]  # every N steps; both also at the end

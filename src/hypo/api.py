@@ -294,7 +294,8 @@ class _Core(Trainer):
 
     def __init__(self, api: HyPOTrainer, cfg: TrainConfig, **objects):
         self._api = api
-        super().__init__(cfg, **objects)
+        # TRL's flow gives resume_from_checkpoint to train(), so output_dir is checked there.
+        super().__init__(cfg, check_output=False, **objects)
 
     def evaluate(self) -> dict:
         metrics = super().evaluate()

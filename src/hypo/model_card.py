@@ -59,7 +59,7 @@ def _eval_data(cfg, data_report: dict) -> str:
     if not data_report.get("eval_pairs"):
         return "- evaluation: none (no evaluation pairs)"
     if cfg.eval_dataset_name:
-        return f"- evaluation pairs from `{cfg.eval_dataset_name}` (split `{cfg.dataset_split}`)"
+        return f"- evaluation pairs from `{cfg.eval_dataset_name}` (split `{cfg.dataset_test_split or cfg.dataset_train_split}`)"
     return (f"- evaluation pairs: a random {cfg.eval_split_size:g} share of `{cfg.dataset_name}` held "
             f"out from training (seed {cfg.seed})")
 

@@ -240,11 +240,18 @@ def _skeleton(config, trust_remote_code: bool = False):
         return None
 
 
-def preflight(cfg) -> None:
-    """All checks of a training config that need no weights: output_dir, model, tokenizer, LoRA."""
-    check_output_dir(cfg)
+def preflight(cfg, model_given: bool = False, check_output: bool = True) -> None:
+    """All checks of a training config that need no weights: output_dir, model, tokenizer, LoRA.
+
+    model_given: the model is an in-memory object (``hypo.api``), so there is no model path to
+    check; a GGUF model (``gguf_file``) is checked by ``hypo.gguf`` when it is converted.
+    check_output: False defers the output_dir check to ``Trainer.train`` (the Python API, where
+    ``train(resume_from_checkpoint=...)`` says only then whether the run continues)."""
+    if check_output:
+        check_output_dir(cfg)
     trust = bool(getattr(cfg, "trust_remote_code", False))
-    config = check_model_source(cfg.model_name_or_path, trust_remote_code=trust)
+    skip_model = model_given or bool(getattr(cfg, "gguf_file", None))
+    config = None if skip_model else check_model_source(cfg.model_name_or_path, trust_remote_code=trust)
     if config is not None:
         check_causal_lm(config, cfg.model_name_or_path)
     tok = cfg.tokenizer_name_or_path

@@ -34,7 +34,7 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
-from .preflight import clear_output_dir, preflight
+from .preflight import check_output_dir, clear_output_dir, preflight
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .modeling import lora_dropout_active, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
@@ -144,12 +144,13 @@ def make_accelerator(cfg: TrainConfig):
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None, *,
                  model=None, ref_model=None, peft_config=None, processing_class=None,
-                 datasets: dict | None = None):
+                 datasets: dict | None = None, check_output: bool = True):
         """eval_hook: optional callable(trainer) -> dict of extra eval metrics (logged as eval_*).
         model / ref_model / peft_config / processing_class / datasets: in-memory objects that
-        replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them)."""
+        replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them).
+        check_output: False defers the output_dir check to train() (see ``preflight``)."""
         self.cfg = cfg.validate()
-        preflight(cfg)  # output_dir, model head, paths, LoRA targets: before any data or weights load
+        preflight(cfg, model_given=model is not None, check_output=check_output)  # output_dir, model head, paths, LoRA targets: before any data or weights load
         self.eval_hook = eval_hook
         self.model_object = model
         self.data = data or prepare_data(cfg, processing_class, datasets)
@@ -363,6 +364,7 @@ class Trainer:
     def train(self) -> dict:
         cfg, acc = self.cfg, self.acc
         out_dir = Path(cfg.output_dir)
+        check_output_dir(cfg)  # again here: resume_from_checkpoint may have been set since __init__
         if cfg.resume_from_checkpoint:
             if cfg.overwrite_output_dir:
                 console.print("overwrite_output_dir is ignored: resume_from_checkpoint continues the run.")
@@ -727,4 +729,5 @@ def train(cfg: TrainConfig) -> dict:
     """Validate, load and train; the library entry point behind ``hypo train`` (one path: the API)."""
     from .api import HyPOTrainer
 
+    check_output_dir(cfg)  # before anything loads (the API defers it to train())
     return HyPOTrainer(args=cfg).train()
