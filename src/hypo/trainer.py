@@ -34,6 +34,7 @@ from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_t
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .model_card import final_metrics, write_model_card
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .modeling import model_config_fingerprint
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler
@@ -186,12 +187,27 @@ class Trainer:
         batch = pack_sequences([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], self.pad)
         return supports_target_only_head(self.pair.policy.to(self.acc.device), batch.to(self.acc.device))
 
+    def _reference_weights_fp(self) -> str:
+        """π_ref's weights: with LoRA the base model's only (the adapter's random init, rank and
+        targets do not change π_ref, so the cache is shared across them)."""
+        if not self.pair.is_peft:
+            return self.fingerprints["weights"]
+        if not hasattr(self, "_ref_weights_fp"):  # computed before any update
+            self._ref_weights_fp = weights_fingerprint(self.pair.policy, base_only=True)
+        return self._ref_weights_fp
+
+    def _precision(self) -> str:
+        """The dtype and autocast mode of the reference forwards (part of the cache key)."""
+        modes = [m for m in ("bf16", "fp16") if getattr(self.cfg, m, False)]
+        return "+".join([self.cfg.dtype] + [f"{m}-autocast" for m in modes])
+
     def _reference_logps(self, pairs: list[TokenizedPair], name: str) -> torch.Tensor:
         if not pairs:
             return torch.empty(0, 2)
         cfg = self.cfg
-        key = cache_key(self.fingerprints["weights"], self.fingerprints["tokenizer"],
-                        self.fingerprints[name], cfg.dtype)
+        key = cache_key(self._reference_weights_fp(), self.fingerprints["tokenizer"],
+                        self.fingerprints[name], self._precision(),
+                        model_config_fingerprint(self.pair.policy))
         cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
 
         # Called before any update, so without a held reference the policy itself is π_ref.
@@ -208,7 +224,7 @@ class Trainer:
         if not cfg.precompute_ref_log_probs:
             return compute()
         with self.acc.main_process_first():
-            logps, cached = load_or_compute(key, cache_dir, compute)
+            logps, cached = load_or_compute(key, cache_dir, compute, rows=len(pairs))
         self.data.report[f"ref_cache_{name}"] = "reused" if cached else "computed"
         return logps
 
