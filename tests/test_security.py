@@ -112,6 +112,20 @@ def test_tampered_file_is_refused_by_path_and_skipped_by_auto(run_with_checkpoin
         ckpt.load_checkpoint(out / "checkpoint-1")
 
 
+@pytest.mark.parametrize("entry", ["rng", "optimizer", "sampler", "config"])
+def test_rehashed_state_of_the_wrong_shape_is_a_checkpoint_error(entry, run_with_checkpoints,
+                                                                 base_config):
+    cfg = run_with_checkpoints
+    folder = Path(cfg.output_dir) / "checkpoint-2"
+    tree = json.loads((folder / "trainer_state.json").read_text())
+    tree[entry] = {"rng": {"python": 1}, "optimizer": {"state": 1}, "sampler": [{"generator": 3}],
+                   "config": 3}[entry]
+    (folder / "trainer_state.json").write_text(json.dumps(tree))
+    _rehash(folder)
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint-2: its trainer state does not fit"):
+        _resume(base_config, cfg, "auto", max_steps=2).train()
+
+
 @pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
 def test_trainer_state_round_trips_exactly_without_pickle(scheduler, base_config, monkeypatch):
     cfg = base_config(algo="hypo", max_steps=3, save_steps=3, lr_scheduler_type=scheduler,
@@ -183,6 +197,17 @@ def test_state_codec_refuses_what_it_cannot_store_and_malformed_trees():
     tensors = {}
     _assert_equal(ckpt.decode_state(json.loads(json.dumps(ckpt.encode_state(value, tensors))), tensors),
                   value)
+
+
+def test_yaml_config_cannot_construct_python_objects(tmp_path):
+    from hypo.config import ConfigError, TrainConfig
+
+    marker = tmp_path / "PWNED"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"beta: !!python/object/apply:os.mkdir [{str(marker)!r}]\n")  # unsafe_load runs it
+    with pytest.raises(ConfigError, match="run.yaml"):
+        TrainConfig.from_yaml(config)
+    assert not marker.exists()
 
 
 # Calls that would deserialise code or run text as code. (Model loading through transformers is

@@ -503,6 +503,19 @@ class Trainer:
             console.print(f"no checkpoint in {self.cfg.output_dir}: starting from step 0")
             return
         manifest, trainable, state = ckpt.load_checkpoint(folder)
+        try:
+            self._load_state(folder, manifest, trainable, state)
+        except (ConfigError, ckpt.CheckpointError):
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            # a state that passed its checksums but was not written by hypo for this run
+            raise ckpt.CheckpointError(f"{folder}: its trainer state does not fit this run "
+                                       f"({type(err).__name__}: {err}).") from None
+        console.print(f"resumed from {folder} at step {self.step}")
+
+    def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
+        """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
+        sampler, RNGs and counters from it."""
         old = state["config"]
         changed = [f for f in RESULT_FIELDS if old.get(f) != getattr(self.cfg, f)]
         changed += [f"fingerprint:{k}" for k, v in manifest["fingerprints"].items()
@@ -530,7 +543,6 @@ class Trainer:
                                        f"step {state['step']} under this batch layout.")
         self.step, self.skipped = state["step"], state["skipped"]
         self.consecutive_skips = state["consecutive_skips"]
-        console.print(f"resumed from {folder} at step {self.step}")
 
     def save_model(self) -> None:
         """Final model with save_pretrained (adapter, and merged on request) plus its tokenizer."""
