@@ -4,6 +4,11 @@ A checkpoint folder ``output_dir/checkpoint-N`` holds everything that decides th
 the trainable weights (``trainable.safetensors``), optimizer and scheduler state, the sampler's
 generator, the global RNG states and the step (the data cursor is a function of the step). A folder
 without a valid manifest is never loaded.
+
+Nothing in a checkpoint is a pickle (format 2): the trainer state is a JSON tree
+(``trainer_state.json``) whose tensors live in ``trainer_state.safetensors``, so loading a
+checkpoint someone else wrote can never run code. Format-1 checkpoints (``trainer_state.pt``, a
+pickle) are refused without being opened. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: trainer state as JSON + safetensors (1: a pickled trainer_state.pt)
 MANIFEST = "manifest.json"
 PREFIX = "checkpoint-"
+FILES = ("trainable.safetensors", "trainer_state.json", "trainer_state.safetensors")
 
 
 class CheckpointError(RuntimeError):
@@ -30,17 +36,73 @@ class CheckpointError(RuntimeError):
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every global RNG state as ints, lists and uint8 tensors (storable without pickle)."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+            "numpy": {"name": name, "keys": [int(k) for k in keys], "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Inverse of rng_state(), exactly."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], np.array(nps["keys"], dtype=np.uint32), nps["pos"],
+                         nps["has_gauss"], nps["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def encode_state(obj, tensors: dict[str, torch.Tensor], where: str = "state"):
+    """A JSON-able tree for `obj`; its tensors go into `tensors` (saved as safetensors).
+
+    Handles what optimizer, scheduler, RNG and sampler state dicts hold: None, bool, int, float,
+    str, tensors, lists, tuples and dicts (non-string keys such as the optimizer's parameter
+    indices included). Tuples and dicts with other keys are tagged so decode_state restores them
+    exactly; anything else is refused rather than pickled.
+    """
+    if isinstance(obj, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = obj.detach().cpu().contiguous()
+        return {"$tensor": name}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        return [encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return {"$tuple": [encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: encode_state(v, tensors, f"{where}.{k}") for k, v in obj.items()}
+        return {"$items": [[encode_state(k, tensors, where), encode_state(v, tensors, f"{where}.{k}")]
+                           for k, v in obj.items()]}
+    raise CheckpointError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint (only "
+                          "tensors, numbers, strings, None, lists, tuples and dicts).")
+
+
+def decode_state(tree, tensors: dict[str, torch.Tensor]):
+    """Inverse of encode_state; a malformed tree raises CheckpointError (never runs code)."""
+    if isinstance(tree, list):
+        return [decode_state(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tags = [k for k in tree if k.startswith("$")]
+    if not tags:
+        return {k: decode_state(v, tensors) for k, v in tree.items()}
+    if len(tree) == 1 and "$tensor" in tree and tree["$tensor"] in tensors:
+        return tensors[tree["$tensor"]]
+    if len(tree) == 1 and isinstance(tree.get("$tuple"), list):
+        return tuple(decode_state(v, tensors) for v in tree["$tuple"])
+    if len(tree) == 1 and isinstance(tree.get("$items"), list):
+        items = tree["$items"]
+        if all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+            return {decode_state(k, tensors): decode_state(v, tensors) for k, v in items}
+    raise CheckpointError(f"malformed trainer state entry {str(tree)[:80]!r}.")
 
 
 def _sha256(path: Path) -> str:
@@ -80,7 +142,10 @@ def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torc
     staging.mkdir(parents=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
     _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
-    _write(staging / "trainer_state.pt", lambda path: torch.save(state, path))
+    state_tensors: dict[str, torch.Tensor] = {}
+    tree = encode_state(state, state_tensors)
+    _write(staging / "trainer_state.safetensors", lambda path: save_file(state_tensors, path))
+    _write(staging / "trainer_state.json", lambda path: path.write_text(json.dumps(tree)))
     files = sorted(p.name for p in staging.iterdir())
     manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
                 "files": {name: _sha256(staging / name) for name in files}}
@@ -100,17 +165,47 @@ def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torc
     return final
 
 
+LEGACY_HELP = ("uses checkpoint format {found}, whose trainer_state.pt is a Python pickle: loading "
+               "it could run any code put into it, so this hypo (format {fmt}) does not open it. "
+               "Finish that run with the hypo version that wrote it, or start a new run in a fresh "
+               "output_dir (see docs/security.md).")
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """The manifest of an intact checkpoint of this format; else CheckpointError saying why.
+
+    Reads only JSON and hashes bytes: an old or hostile folder is judged without being parsed.
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: missing or unreadable {MANIFEST} ({err}).") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{folder}: {MANIFEST} is malformed.")
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION:
+        if isinstance(found, int) and found < FORMAT_VERSION:
+            raise CheckpointError(f"{folder} " + LEGACY_HELP.format(found=found, fmt=FORMAT_VERSION))
+        raise CheckpointError(f"{folder}: unknown checkpoint format {found!r} (this hypo reads "
+                              f"format {FORMAT_VERSION}); use the hypo version that wrote it.")
+    for name in FILES:
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{folder}: {MANIFEST} does not list {name}.")
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            raise CheckpointError(f"{folder}: file {name!r} listed in {MANIFEST} is missing.")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{folder}: {name} does not match the SHA-256 in {MANIFEST}: the "
+                                  "file is damaged or was changed after the checkpoint was written.")
+    return manifest
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest if the folder is a complete, intact checkpoint; else None."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            return None
-        for name, digest in manifest["files"].items():
-            if _sha256(folder / name) != digest:
-                return None
-        return manifest
-    except (OSError, ValueError, KeyError, TypeError):
+        return verify_checkpoint(folder)
+    except CheckpointError:
         return None
 
 
@@ -141,29 +236,58 @@ def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _is_legacy(folder: Path) -> bool:
+    """Whether `folder` has a manifest of an older format (read as JSON only)."""
+    try:
+        found = json.loads((folder / MANIFEST).read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(found, int) and found < FORMAT_VERSION
+
+
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
-    """'auto' -> newest complete checkpoint in output_dir (None if there is none); else the path."""
+    """'auto' -> newest complete checkpoint in output_dir (None if there is none); else the path.
+
+    'auto' refuses (rather than silently skips) an older-format checkpoint newer than every
+    loadable one: starting over would hide that the run cannot continue from it.
+    """
     if spec == "auto":
         found = complete_checkpoints(output_dir)
+        newest = found[-1][0] if found else -1
+        for folder in Path(output_dir).glob(f"{PREFIX}*"):
+            match = re.fullmatch(rf"{PREFIX}(\d+)", folder.name)
+            if match and int(match.group(1)) > newest and _is_legacy(folder):
+                raise CheckpointError(f"resume_from_checkpoint=auto: {folder} " + LEGACY_HELP.format(
+                    found=json.loads((folder / MANIFEST).read_text())["format_version"],
+                    fmt=FORMAT_VERSION))
         return found[-1][1] if found else None
     folder = Path(spec)
     if not folder.is_dir():
         raise CheckpointError(f"resume_from_checkpoint: {folder} is not a folder.")
-    if read_manifest(folder) is None:
-        raise CheckpointError(f"resume_from_checkpoint: {folder} is not a complete checkpoint "
-                              "(missing or damaged manifest); use 'auto' to pick the newest good one.")
+    try:
+        verify_checkpoint(folder)
+    except CheckpointError as err:
+        hint = "" if _is_legacy(folder) else (" It is not a complete checkpoint; use 'auto' to pick "
+                                              "the newest good one.")
+        raise CheckpointError(f"resume_from_checkpoint: {err}{hint}") from None
     return folder
 
 
 def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
-    """Returns (manifest, trainable tensors, trainer state)."""
+    """Returns (manifest, trainable tensors, trainer state); parses only JSON and safetensors."""
     from safetensors.torch import load_file
 
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise CheckpointError(f"{folder} is not a complete checkpoint.")
-    trainable = load_file(folder / "trainable.safetensors")
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    manifest = verify_checkpoint(folder)
+    try:
+        trainable = load_file(folder / "trainable.safetensors")
+        tensors = load_file(folder / "trainer_state.safetensors")
+        state = decode_state(json.loads((folder / "trainer_state.json").read_text()), tensors)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - OSError, JSON errors, safetensors' SafetensorError
+        raise CheckpointError(f"{folder}: unreadable checkpoint file ({err}).") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{folder}: trainer_state.json does not hold a trainer state.")
     for key in ("optimizer", "scheduler", "rng", "sampler", "step", "data_cursor"):
         if key not in state:
             raise CheckpointError(f"{folder}: trainer state lacks '{key}'; it cannot resume exactly.")

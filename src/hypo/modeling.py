@@ -295,12 +295,25 @@ def gathered_for_generation(accelerator, model: torch.nn.Module):
         yield accelerator.unwrap_model(model)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
+def _base_weight_name(name: str) -> str:
+    """A PEFT-wrapped base weight's name as in the plain model ('base_model.model.' prefix and
+    '.base_layer' removed), so LoRA and full fine-tuning runs of one model share a fingerprint."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def weights_fingerprint(model: torch.nn.Module, base_only: bool = False) -> str:
     """A cheap, content-based fingerprint of a model's weights (shape, sums and a few values per
-    tensor), independent of where the weights were loaded from."""
+    tensor), independent of where the weights were loaded from.
+
+    base_only: skip LoRA adapter weights (names containing 'lora_') and key base weights by their
+    plain names: the fingerprint of π_ref, which does not depend on the adapter's random init.
+    """
+    state = model.state_dict()
+    if base_only:
+        state = {_base_weight_name(n): t for n, t in state.items() if "lora_" not in n}
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             flat = tensor.detach().reshape(-1)
             if flat.is_floating_point():
                 stats = torch.stack([flat.double().sum(), flat.double().square().sum()])
@@ -320,3 +333,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)).encode())
     h.update(str(getattr(tokenizer, "chat_template", None)).encode())
     return h.hexdigest()[:16]
+
+
+# Config entries that do not change a forward's values (or are keyed separately: dtype).
+VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                        "_attn_implementation_autoset", "_commit_hash")
+
+
+def model_config_fingerprint(model: torch.nn.Module) -> str:
+    """The model config (e.g. rope_theta, rms_norm_eps) and attention implementation: what,
+    besides the weights, decides the reference log-probs. Paths and versions are left out."""
+    from .data import fingerprint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.to_dict()
+    for key in VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    return fingerprint({"config": config, "attn": getattr(base.config, "_attn_implementation", None)})

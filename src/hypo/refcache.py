@@ -1,8 +1,12 @@
 """Reference log-probs of the offline pairs, computed once and cached on disk.
 
 π_ref never changes, so logp_ref(y±|x) of every offline pair is a constant of the run. The cache
-key fingerprints what decides those numbers: the reference weights, the tokenizer, the exact token
-ids of every pair (which already reflect data, chat template and max lengths) and the dtype.
+key fingerprints what decides those numbers: the reference weights (the base weights with LoRA),
+the model config and attention implementation, the tokenizer, the exact token ids of every pair
+(which already reflect data, chat template and max lengths) and the precision (dtype, autocast).
+
+An entry is a safetensors file (no pickle) that carries its key in its metadata; an entry whose
+key or shape does not match is recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -15,16 +19,43 @@ import torch
 from .data import TokenizedPair, fingerprint
 from .logprobs import batched_logps
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key covers the model config, attention implementation and precision
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HYPO_CACHE", Path.home() / ".cache" / "hypo"))
 
 
-def cache_key(weights_fp: str, tokenizer_fp: str, pairs_fp: str, dtype: str) -> str:
+def cache_key(weights_fp: str, tokenizer_fp: str, pairs_fp: str, precision: str,
+              model_config_fp: str = "") -> str:
+    """precision: the dtype plus the autocast mode, e.g. 'float32' or 'float32+bf16-autocast'."""
     return fingerprint({"v": CACHE_VERSION, "weights": weights_fp, "tokenizer": tokenizer_fp,
-                        "pairs": pairs_fp, "dtype": dtype})
+                        "pairs": pairs_fp, "precision": precision, "model_config": model_config_fp})
+
+
+def _make_private_dir(folder: Path) -> None:
+    """Create the cache folder readable by its owner only (0700); an existing one is left as is."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+
+
+def _read_entry(path: Path, key: str, rows: int | None) -> torch.Tensor | None:
+    """The cached (rows, 2) float32 log-probs if the file's metadata key is `key`; else None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as fh:
+            if (fh.metadata() or {}).get("key") != key:
+                return None  # a file under another entry's name: never trusted
+            logps = fh.get_tensor("logps")
+    except Exception:  # noqa: BLE001 - a damaged entry is simply recomputed
+        return None
+    if logps.dtype != torch.float32 or logps.dim() != 2 or logps.shape[1] != 2:
+        return None
+    if rows is not None and logps.shape[0] != rows:
+        return None
+    return logps
 
 
 def compute_reference_logps(pairs: list[TokenizedPair], ref_logps_fn, pad_token_id: int,
@@ -50,23 +81,24 @@ def compute_reference_logps(pairs: list[TokenizedPair], ref_logps_fn, pad_token_
     return out
 
 
-def load_or_compute(key: str, cache_dir: Path | None, compute) -> tuple[torch.Tensor, bool]:
+def load_or_compute(key: str, cache_dir: Path | None, compute,
+                    rows: int | None = None) -> tuple[torch.Tensor, bool]:
     """Return (logps, was_cached). Writes atomically (temp file + rename) so a kill never leaves a
-    half-written cache entry; an unreadable entry is recomputed."""
-    from safetensors.torch import load_file, save_file
+    half-written cache entry; an unreadable entry, or one whose metadata key or row count (`rows`,
+    the number of pairs) does not match, is recomputed and replaced."""
+    from safetensors.torch import save_file
 
     if cache_dir is None:
         return compute(), False
     path = Path(cache_dir) / f"ref-logps-{key}.safetensors"
     if path.exists():
-        try:
-            return load_file(path)["logps"], True
-        except Exception:  # noqa: BLE001 - a damaged entry is simply recomputed
-            pass
+        logps = _read_entry(path, key, rows)
+        if logps is not None:
+            return logps, True
     logps = compute()
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(path.parent)
         save_file({"logps": logps.contiguous()}, tmp, metadata={"key": key})
         os.replace(tmp, path)
     except OSError as err:  # an unwritable cache costs a recomputation next time, not this run

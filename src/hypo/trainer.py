@@ -36,7 +36,7 @@ from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_
 from .model_card import final_metrics, write_model_card
 from .preflight import check_output_dir, clear_output_dir, preflight
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-from .modeling import lora_dropout_active, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
+from .modeling import lora_dropout_active, model_config_fingerprint, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler, samples_unbiased
@@ -252,14 +252,31 @@ class Trainer:
         batch = pack_sequences([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], self.pad)
         return supports_target_only_head(self.pair.policy.to(self.acc.device), batch.to(self.acc.device))
 
+    def _reference_weights_fp(self) -> str:
+        """π_ref's weights: with LoRA the base model's only (the adapter's random init, rank and
+        targets do not change π_ref, so the cache is shared across them)."""
+        if "reference" in self.fingerprints:  # a reference model given by the caller (hypo.api)
+            return self.fingerprints["reference"]
+        if not self.pair.is_peft:
+            return self.fingerprints["weights"]
+        if not hasattr(self, "_ref_weights_fp"):  # computed before any update
+            self._ref_weights_fp = weights_fingerprint(self.pair.policy, base_only=True)
+        return self._ref_weights_fp
+
+    def _precision(self) -> str:
+        """The dtype and autocast mode of the reference forwards (part of the cache key)."""
+        modes = [f"{m}-autocast" for m in ("bf16", "fp16") if getattr(self.cfg, m, False)]
+        head = ["head"] if self.fast_head else []  # LM head on response positions only
+        return "+".join([self.cfg.dtype] + modes + head)
+
     def _reference_logps(self, pairs: list[TokenizedPair], name: str) -> torch.Tensor:
         if not pairs:
             return torch.empty(0, 2)
         cfg = self.cfg
-        # The cached numbers depend on the arithmetic too: autocast and the head path.
-        precision = cfg.dtype + ("+bf16-autocast" if cfg.bf16 else "") + ("+head" if self.fast_head else "")
-        key = cache_key(self.fingerprints.get("reference", self.fingerprints["weights"]),
-                        self.fingerprints["tokenizer"], self.fingerprints[name], precision)
+        ref_module = self.pair.reference if "reference" in self.fingerprints else self.pair.policy
+        key = cache_key(self._reference_weights_fp(), self.fingerprints["tokenizer"],
+                        self.fingerprints[name], self._precision(),
+                        model_config_fingerprint(ref_module))
         cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
 
         # Called before any update, so without a held reference the policy itself is π_ref.
@@ -278,7 +295,7 @@ class Trainer:
         if not cfg.precompute_ref_log_probs:
             return compute()
         with self.acc.main_process_first():
-            logps, cached = load_or_compute(key, cache_dir, compute)
+            logps, cached = load_or_compute(key, cache_dir, compute, rows=len(pairs))
         self.data.report[f"ref_cache_{name}"] = "reused" if cached else "computed"
         return logps
 
@@ -619,6 +636,19 @@ class Trainer:
             console.print(f"no checkpoint in {self.cfg.output_dir}: starting from step 0")
             return
         manifest, trainable, state = ckpt.load_checkpoint(folder)
+        try:
+            self._load_state(folder, manifest, trainable, state)
+        except (ConfigError, ckpt.CheckpointError):
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            # a state that passed its checksums but was not written by hypo for this run
+            raise ckpt.CheckpointError(f"{folder}: its trainer state does not fit this run "
+                                       f"({type(err).__name__}: {err}).") from None
+        console.print(f"resumed from {folder} at step {self.step}")
+
+    def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
+        """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
+        sampler, RNGs and counters from it."""
         old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
         changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
         changed = self._check_new_length(changed, old, state["step"], folder)
@@ -647,7 +677,6 @@ class Trainer:
                                        f"step {state['step']} under this batch layout.")
         self.step, self.skipped = state["step"], state["skipped"]
         self.consecutive_skips = state["consecutive_skips"]
-        console.print(f"resumed from {folder} at step {self.step}")
 
     def _check_new_length(self, changed: list[str], old: dict, step: int, folder: Path) -> list[str]:
         """A different max_steps / num_train_epochs resumes only where the learning rate of every

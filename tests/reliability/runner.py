@@ -37,8 +37,10 @@ def final_state(out: Path, step: int) -> dict:
     """Everything that must be bitwise equal between an interrupted and a straight run."""
     from safetensors.torch import load_file
 
+    from hypo.checkpoint import load_checkpoint
+
     folder = out / f"checkpoint-{step}"
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    _, _, state = load_checkpoint(folder)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     samples_path = out / "online_samples.jsonl"
     return {
