@@ -53,9 +53,12 @@ def test_attention_implementation_is_part_of_the_key(tiny):
 
 def test_precision_is_part_of_the_key(base_config):
     trainer = Trainer(base_config(algo="dpo", max_steps=1))
-    assert trainer._precision() == "float32"
-    trainer.cfg.bf16 = True  # the field another change adds; read with getattr
-    assert trainer._precision() == "float32+bf16-autocast"
+    head = "+head" if trainer.fast_head else ""  # the LM-head path changes the arithmetic too
+    assert trainer._precision() == "float32" + head
+    trainer.cfg.bf16 = True
+    assert trainer._precision() == "float32+bf16-autocast" + head
+    trainer.fast_head = not trainer.fast_head
+    assert trainer._precision() == "float32+bf16-autocast" + ("" if head else "+head")
     keys = {cache_key("w", "t", "p", trainer._precision(), "c"),
             cache_key("w", "t", "p", "float32", "c")}
     assert len(keys) == 2
