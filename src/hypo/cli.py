@@ -251,7 +251,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="trained model folder or hub id, or a LoRA adapter "
                     "folder (its base is read from adapter_config.json)")
     ev.add_argument("--ref_model", help="reference (SFT) model; default for an adapter: its base "
-                    "model with the adapter disabled; required for a full model")
+                    "model with the adapter disabled; for a full model trained by hypo: the "
+                    "model_name_or_path in its hypo_config.json; otherwise required")
     ev.add_argument("--prompts", required=True, help="prompt set: JSONL/JSON/Parquet/CSV file, saved "
                     "datasets folder or hub name with a 'prompt' field (preference files work too)")
     ev.add_argument("--reward_model", help="AutoModelForSequenceClassification (num_labels=1) folder or "
@@ -276,7 +277,8 @@ def make_parser() -> argparse.ArgumentParser:
     cov.add_argument("--dataset", required=True, help="preference data (prompt/chosen/rejected, "
                      "standard or conversational), any source `hypo train` accepts")
     cov.add_argument("--ref_model", help="reference (SFT) model folder or hub id; default for an "
-                     "adapter --model: its base model")
+                     "adapter --model: its base model; for a full model trained by hypo: the "
+                     "model_name_or_path in its hypo_config.json")
     cov.add_argument("--model", help="trained policy (folder, hub id or LoRA adapter folder); "
                      "optional: without it only the data-vs-reference part is computed")
     cov.add_argument("--num_pairs", type=int, default=64, help="first N pairs (0 = all)")

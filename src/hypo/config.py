@@ -219,8 +219,12 @@ class TrainConfig:
                          "'tensorboard', 'wandb', 'none', 'all', or a comma-separated list.",
                          group="output")
     resume_from_checkpoint: str | None = opt(
-        None, "Resume from a checkpoint folder, or 'auto' for the newest one in output_dir.",
-        group="output")
+        None, "Resume from a checkpoint folder, or 'auto' for the newest one in output_dir ('auto' "
+        "with no checkpoint yet starts at step 0, unless output_dir holds a finished model). Settings "
+        "that change results must match the checkpoint's; a larger max_steps / num_train_epochs "
+        "extends a run whose schedule does not depend on the total (constant, "
+        "constant_with_warmup, inverse_sqrt with warmup_steps). Only checkpoints of format 2 "
+        "(pickle-free) load; see docs/security.md.", group="output")
     eval_online_prompts: int = opt(32, "Eval prompts whose online samples estimate eval_kl/online "
                                    "(k each; 0 = skip).", group="output")
     nonfinite_policy: str = opt("error", "On a NaN/inf loss or gradient norm the update is never "
