@@ -305,3 +305,19 @@ def test_kl_control_settings_are_checked(base_config):
         base_config(kl_target=0.1, kl_coef=0.0).validate()
     with pytest.raises(ConfigError, match="kl_estimator"):
         base_config(kl_estimator="vimco").validate()
+
+
+def test_adapted_kl_coef_survives_resume(base_config):
+    """λ under kl_target is training state: a resumed run continues with the saved λ."""
+    from pathlib import Path
+
+    from hypo.trainer import train
+
+    cfg = base_config(max_steps=4, save_steps=2, save_total_limit=3, kl_coef=0.2, kl_target=0.05,
+                      kl_target_rate=1.0)
+    train(cfg)
+    first = [r["kl/coef"] for r in _metrics(cfg)]
+    train(base_config(max_steps=4, save_steps=2, save_total_limit=3, kl_coef=0.2, kl_target=0.05,
+                      kl_target_rate=1.0, resume_from_checkpoint=str(Path(cfg.output_dir, "checkpoint-2"))))
+    resumed = [r["kl/coef"] for r in _metrics(cfg)]
+    assert first[2] != 0.2 and resumed == pytest.approx(first, rel=1e-6)
