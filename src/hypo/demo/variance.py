@@ -86,7 +86,7 @@ def measure(out: Path, draws: int, steps: int, prompts: int, k: int,
             stats[name]["sum"] = stats[name]["sum"] + grad
             stats[name]["sumsq"] += float(grad.pow(2).sum())
             trainer.optimizer.zero_grad(set_to_none=True)
-    rows, base = {}, None
+    rows = {}
     for name in estimators:
         s = stats[name]
         mean = s["sum"] / draws
