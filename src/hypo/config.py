@@ -14,6 +14,8 @@ from typing import Any
 
 ALGOS = ("hypo", "dpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+KL_ESTIMATORS = ("seq", "token", "analytic")  # hypo.losses.KL_ESTIMATORS
+KL_SCHEDULES = ("constant", "linear", "cosine")
 # transformers' SchedulerType values that need no extra arguments (cosine_with_min_lr,
 # warmup_stable_decay, reduce_lr_on_plateau and greedy do).
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -135,6 +137,24 @@ class TrainConfig:
         group="algorithm")
     kl_coef: float = opt(0.1, "HyPO's λ: weight of the reverse-KL term KL(π‖π_ref) estimated on "
                          "online samples. 0 reproduces DPO exactly.", group="algorithm")
+    kl_estimator: str = opt(
+        "seq", "Estimator of ∇KL(π‖π_ref) from the k online samples, all unbiased: 'seq' (the paper's "
+        "sequence-level leave-one-out REINFORCE), 'token' (per-token log-ratios with reward-to-go and "
+        "a leave-one-out baseline) or 'analytic' (full-vocabulary KL at every visited position plus "
+        "a score-function term for later positions; needs both models' full logits at sample "
+        "positions, computed in chunks). See docs/losses.md.", KL_ESTIMATORS, group="algorithm")
+    kl_coef_schedule: str = opt(
+        "constant", "Schedule of λ over training, from kl_coef to kl_coef_final: 'constant', "
+        "'linear' or 'cosine'. Logged every step as kl/coef.", KL_SCHEDULES, group="algorithm")
+    kl_coef_final: float = opt(0.0, "λ at the last step under a 'linear' or 'cosine' "
+                               "kl_coef_schedule.", group="algorithm")
+    kl_target: float = opt(
+        0.0, "Adaptive λ (0 = off): after every step λ ← clip(λ·exp(kl_target_rate·e), kl_coef/100, "
+        "kl_coef·100), e = clip((kl/online − kl_target)/kl_target, −0.2, 0.2), so the online "
+        "reverse KL (nats per response) is steered towards kl_target. Starts at kl_coef.",
+        group="algorithm")
+    kl_target_rate: float = opt(0.5, "Gain of the kl_target controller: λ moves by at most a factor "
+                                "exp(0.2·rate) per step.", group="algorithm")
     num_online_samples: int = opt(2, "HyPO's k: responses sampled per online prompt (≥ 2, for the "
                                   "leave-one-out baseline).", group="algorithm")
     online_prompts_per_step: int = opt(0, "Online prompts per micro-batch; 0 = one per offline pair "
@@ -256,6 +276,14 @@ class TrainConfig:
              "set --dataset_name to a preference data file, folder or hub dataset.")
         need(self.beta > 0, "beta", "must be > 0.")
         need(self.kl_coef >= 0, "kl_coef", "must be ≥ 0 (0 = plain DPO).")
+        need(self.kl_coef_final >= 0, "kl_coef_final", "must be ≥ 0.")
+        need(self.kl_target >= 0, "kl_target", "must be ≥ 0 (0 = a fixed or scheduled λ).")
+        need(self.kl_target_rate > 0, "kl_target_rate", "must be > 0.")
+        need(not self.kl_target or self.kl_coef > 0, "kl_coef",
+             "kl_target adapts λ multiplicatively from kl_coef: set kl_coef > 0 as its start.")
+        need(not self.kl_target or self.kl_coef_schedule == "constant", "kl_coef_schedule",
+             "kl_target already sets λ every step: use kl_coef_schedule constant with kl_target, "
+             "or kl_target 0 with a schedule.")
         need(self.num_online_samples >= 2, "num_online_samples",
              "the leave-one-out estimator needs k ≥ 2 samples per prompt.")
         need(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1.")
@@ -446,6 +474,7 @@ RESULT_FIELDS = (
     "dataset_train_split", "dataset_test_split", "eval_dataset_name",
     "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length", "max_completion_length",
     "skip_invalid_records", "algo", "beta", "loss_type", "label_smoothing", "kl_coef",
+    "kl_estimator", "kl_coef_schedule", "kl_coef_final", "kl_target", "kl_target_rate",
     "num_online_samples", "online_prompts_per_step", "max_new_tokens", "temperature", "top_k",
     "top_p", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
     "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio",

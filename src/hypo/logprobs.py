@@ -182,3 +182,95 @@ def bucketed_logps(model: torch.nn.Module, prompts: list[list[int]], responses: 
     inverse = torch.empty(len(index), dtype=torch.long)
     inverse[torch.tensor(index)] = torch.arange(len(index))
     return logps[inverse.to(logps.device)], slots
+
+
+# ---- per-position quantities for the token / analytic KL estimators ------------------------------
+@dataclass
+class ResponsePositions:
+    """Features at the M positions that predict response tokens, and where those tokens sit.
+
+    features (M, H) decoder hidden states (``head`` applies the LM head) or (M, V) logits (``head``
+    None); targets (M,) the response tokens; row (M,) their sequence; col (M,) their index in the
+    response (0 = first response token).
+    """
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    head: torch.nn.Module | None
+    token_logps: torch.Tensor | None = None  # (M,) log-probs of the targets, once computed
+
+    def padded(self, values: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, W) tensor of per-position ``values`` (M,), zeros past each response, and its
+        bool mask; W = the longest response. Differentiable w.r.t. ``values``."""
+        width = int(self.col.max()) + 1 if self.col.numel() else 0
+        out = torch.zeros(rows, width, dtype=values.dtype, device=values.device)
+        mask = torch.zeros(rows, width, dtype=torch.bool, device=values.device)
+        mask[self.row, self.col] = True
+        return out.index_put((self.row, self.col), values), mask
+
+
+def response_positions(model: torch.nn.Module, batch: SequenceBatch,
+                       target_only_head: bool = False) -> ResponsePositions:
+    """One forward; hidden states (with ``target_only_head``) or logits at response positions.
+
+    Hidden states keep the (M, V) logits out of memory until ``position_logps_and_kls`` applies
+    the head chunk by chunk; without the shortcut the model's own logits are taken as they are."""
+    mask = batch.response_mask[:, 1:]
+    if target_only_head:
+        features, targets = response_hidden_states(model, batch)
+        head = model.get_output_embeddings()
+        head = getattr(head, "base_layer", head) if _adapter_disabled(model) else head
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        features, targets, head = out.logits[:, :-1][mask], batch.input_ids[:, 1:][mask], None
+    row, pos = torch.nonzero(mask, as_tuple=True)
+    start = mask.int().argmax(dim=1)  # first position predicting a response token, per row
+    return ResponsePositions(features, targets, row, pos - start[row], head)
+
+
+def _adapter_disabled(model: torch.nn.Module) -> bool:
+    """Inside peft's disable_adapter(): a LoRA-wrapped head must then act as its base layer,
+    also when it is applied later, outside that context (the analytic estimator does so)."""
+    return any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "base_layer"))
+
+
+def position_logps_and_kls(policy: ResponsePositions, reference: ResponsePositions | None = None,
+                           chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-position log π(y_t|s_t) (M,) and, given the reference's positions of the same batch,
+    the full-vocabulary KL_t = Σ_v π(v|s_t)·(log π(v|s_t) − log π_ref(v|s_t)) (M,), float32.
+
+    The LM heads run on chunks of about ``chunk_elements / V`` positions; under autograd each chunk
+    is checkpointed, so only one chunk's (rows, V) logits exist at a time, in the backward too.
+    """
+    def chunk(features, ref_features, targets):
+        logits = policy.head(features) if policy.head is not None else features
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if ref_features is None:
+            return picked, None
+        with torch.no_grad():
+            ref_logits = reference.head(ref_features) if reference.head is not None else ref_features
+            ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+        return picked, (logp.exp() * (logp - ref_logp)).sum(-1)
+
+    feats = policy.features
+    m = feats.shape[0]
+    vocab = policy.head.out_features if policy.head is not None else feats.shape[-1]
+    step = max(1, chunk_elements // max(1, vocab))
+    logps, kls = [], []
+    for i in range(0, m, step):
+        args = (feats[i:i + step], None if reference is None else reference.features[i:i + step],
+                policy.targets[i:i + step])
+        if feats.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            picked, kl = checkpoint(chunk, *args, use_reentrant=False)
+        else:
+            picked, kl = chunk(*args)
+        logps.append(picked)
+        kls.append(kl)
+    empty = feats.new_zeros(0, dtype=torch.float32)
+    logp = torch.cat(logps) if logps else empty
+    return logp, (None if reference is None else torch.cat(kls) if kls else empty)

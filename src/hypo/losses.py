@@ -7,6 +7,7 @@ preference pairs, ``(P, k)`` for P online prompts with k samples each.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -124,3 +125,95 @@ def hypo_loss(dpo_losses: torch.Tensor, kl_loss: torch.Tensor | None, kl_coef: f
     if kl_loss is not None and kl_coef != 0:
         loss = loss + kl_coef * kl_loss
     return loss
+
+
+# ---- other unbiased estimators of ∇KL(π‖π_ref) (beyond the paper; docs/losses.md) --------------
+# Per-token inputs have shape (P, k, T): P prompts, k samples each, T response positions (right-
+# padded; ``mask`` (P, k, T) is True at real response tokens). With ρ_t = log π(y_t|s_t) −
+# log π_ref(y_t|s_t) at state s_t = (x, y_<t), KL(π‖π_ref) = E_π[Σ_t ρ_t] = E_π[Σ_t KL_t(s_t)], where
+# KL_t(s) = Σ_v π(v|s)·(log π(v|s) − log π_ref(v|s)) is the full-vocabulary KL at a visited state.
+
+
+def suffix_sums(values: torch.Tensor, inclusive: bool = True) -> torch.Tensor:
+    """Σ_{t' ≥ t} values[..., t'] (inclusive) or Σ_{t' > t} (exclusive) along the last axis."""
+    total = values.flip(-1).cumsum(-1).flip(-1)
+    return total if inclusive else total - values
+
+
+def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
+    """b_i = mean_{j≠i} values_j over the sample axis (dim 1) of (P, k, ...). Detached.
+
+    It is built from the other samples only, which are independent of sample i, so subtracting it
+    from sample i's score-function weights leaves the expected gradient unchanged."""
+    v = values.detach()
+    k = v.shape[1]
+    if k < 2:
+        raise ValueError(f"the leave-one-out baseline needs k ≥ 2 samples per prompt, got {k}.")
+    return (v.sum(dim=1, keepdim=True) - v) / (k - 1)
+
+
+def token_kl_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """KL term with per-token reward-to-go (``kl_estimator='token'``); unbiased for ∇KL.
+
+    With ρ_t held constant, the reward-to-go G_t = Σ_{t'≥t} ρ_t' and its leave-one-out baseline
+    b_{i,t} = mean_{j≠i} G_{j,t} (G is 0 past a sample's end):
+
+        L_kl = mean_{prompts, i} Σ_t (G_{i,t} − b_{i,t}) · log π(y_{i,t}|s_{i,t})
+
+    Causality drops ρ_t' for t' < t from token t's weight: E[∇log π(y_t|s_t) | s_t] = 0, and
+    b_{i,t} depends on the other samples only. Args: (P, k, T) per-token log-probs (policy with
+    grad) and mask. Returns a scalar.
+    """
+    m = mask.to(policy_token_logps.dtype)
+    go = suffix_sums((policy_token_logps - ref_token_logps).detach() * m)
+    weights = (go - leave_one_out_baseline(go)) * m
+    return (weights * policy_token_logps * m).sum(-1).mean()
+
+
+def analytic_kl_loss(policy_token_logps: torch.Tensor, position_kls: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Rao–Blackwellised KL term (``kl_estimator='analytic'``); unbiased for ∇KL.
+
+    ``position_kls`` (P, k, T) is KL_t(s_t) at every visited state, differentiable through π's
+    probabilities at that state. The later states depend on the sampled tokens, which adds a
+    score-function term weighted by the FUTURE per-position KLs F_t = Σ_{t'>t} KL_t' (held
+    constant), with the leave-one-out baseline b_{i,t} = mean_{j≠i} F_{j,t}:
+
+        L_kl = mean_{prompts, i} Σ_t [KL_t(s_{i,t}) + (F_{i,t} − b_{i,t}) · log π(y_{i,t}|s_{i,t})]
+
+    ∇E[Σ_t KL_t(s_t)] = E[Σ_t ∇KL_t(s_t)] + E[Σ_t ∇log π(y_t|s_t) · Σ_{t'>t} KL_t'(s_t')]
+    (a token's score is uncorrelated with the KL of states that precede it). Args: (P, k, T)
+    tensors and mask. Returns a scalar.
+    """
+    m = mask.to(policy_token_logps.dtype)
+    future = suffix_sums(position_kls.detach() * m, inclusive=False)
+    weights = (future - leave_one_out_baseline(future)) * m
+    return ((position_kls * m).sum(-1) + (weights * policy_token_logps * m).sum(-1)).mean()
+
+
+KL_ESTIMATORS = ("seq", "token", "analytic")
+
+
+def kl_coef_at(kl_coef: float, schedule: str, progress: float, final: float = 0.0) -> float:
+    """λ at training progress p = step/total ∈ [0, 1] under a schedule from kl_coef to ``final``:
+    constant λ; linear λ + (final − λ)·p; cosine final + (λ − final)·(1 + cos πp)/2."""
+    if schedule == "constant":
+        return kl_coef
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return kl_coef + (final - kl_coef) * p
+    if schedule == "cosine":
+        return final + (kl_coef - final) * 0.5 * (1 + math.cos(math.pi * p))
+    raise ValueError(f"unknown kl_coef schedule {schedule!r}; use constant, linear or cosine.")
+
+
+def adaptive_kl_coef(kl_coef: float, kl: float, target: float, rate: float,
+                     low: float, high: float) -> float:
+    """One step of the KL controller: λ ← clip(λ·exp(rate·e), low, high), e = clip((KL − target)/
+    target, −0.2, 0.2) (the proportional law of Ziegler et al. 2019, TRL's AdaptiveKLController,
+    taken on log λ so λ stays positive). A KL above target raises λ; below, lowers it."""
+    if not math.isfinite(kl):
+        return kl_coef
+    error = min(max((kl - target) / target, -0.2), 0.2)
+    return min(max(kl_coef * math.exp(rate * error), low), high)

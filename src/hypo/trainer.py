@@ -33,6 +33,8 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    tokenize_prompts)
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
+from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
+from .logprobs import position_logps_and_kls, response_positions
 from .model_card import final_metrics, write_model_card
 from .preflight import check_output_dir, clear_output_dir, preflight
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
@@ -164,6 +166,7 @@ class Trainer:
                               "processes instead.")
         torch.manual_seed(cfg.seed)
         self.hypo = cfg.algo == "hypo"
+        self.kl_coef = cfg.kl_coef  # λ of the current step: scheduled or adapted (kl/coef)
         # A live reference (a frozen copy, for full fine-tuning) only when something needs it:
         # HyPO's samples, the eval KL (only if there is eval data), no cache, or an eval hook.
         need_ref = (self.hypo or (cfg.eval_online_prompts > 0 and bool(self.data.eval))
@@ -315,12 +318,15 @@ class Trainer:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = self.sampler.sample(full_model, prompts)
                 with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
-                    ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
-                                                   self.pad, device, cfg.length_buckets, self.fast_head,
+                    if cfg.kl_estimator == "seq":
+                        ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
+                                                       self.pad, device, cfg.length_buckets, self.fast_head,
                                                self.multi)
+                    else:
+                        ref_online, ref_positions = self._reference_positions(ref_model, samples)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
-        kl_term = samples is not None and self.hypo and cfg.kl_coef != 0
+        kl_term = samples is not None and self.hypo and self.kl_coef != 0
 
         # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
         b = len(batch_pairs)
@@ -349,23 +355,63 @@ class Trainer:
         # Online samples: the KL term (its gradient only when λ > 0).
         kl_loss = None
         if samples is not None:
-            with torch.set_grad_enabled(kl_term), self.autocast():
-                pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
-                                               self.pad, device, cfg.length_buckets, self.fast_head,
-                                               self.multi)
             shape = (len(prompts), samples.k)
-            kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
+            with torch.set_grad_enabled(kl_term), self.autocast():
+                if cfg.kl_estimator == "seq":
+                    pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
+                                                   self.pad, device, cfg.length_buckets, self.fast_head,
+                                                   self.multi)
+                    kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
+                else:
+                    pol_online, kl_loss = self._token_kl_loss(samples, shape, ref_positions)
             if train and kl_term:
-                backward(cfg.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)
+                backward(self.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)
             kl, _ = reverse_kl_estimate(pol_online, ref_online)
             # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
             # value is not a KL; only its gradient is meaningful.)
             stats["tokens/online"] = sum(len(p) + len(r) for p, r in zip(samples.prompt_ids, samples.response_ids))
-            stats.update({"loss/kl": cfg.kl_coef * kl if self.hypo else 0.0, "kl/online": kl,
+            stats.update({"loss/kl": self.kl_coef * kl if self.hypo else 0.0, "kl/online": kl,
                           "online/length": samples.mean_length,
                           "online/clipped_ratio": samples.clipped_ratio, "online_groups": 1})
-        loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, cfg.kl_coef)
+        loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, self.kl_coef)
         return loss, stats
+
+    def _reference_positions(self, ref_model, samples):
+        """Reference forward of the samples for the token / analytic estimators: sequence log-probs
+        (N,) and the ResponsePositions (hidden states or logits, per-token log-probs attached)."""
+        batch = pack_sequences(samples.prompt_ids, samples.response_ids, self.pad).to(self.acc.device)
+        positions = response_positions(ref_model, batch, self.fast_head)
+        positions.token_logps, _ = position_logps_and_kls(positions)
+        n = len(samples.response_ids)
+        seq = torch.zeros(n, device=positions.row.device).index_add(0, positions.row, positions.token_logps)
+        return seq, positions
+
+    def _token_kl_loss(self, samples, shape, ref_positions):
+        """(policy sequence log-probs (N,), L_kl) of the 'token' or 'analytic' estimator
+        (``losses.token_kl_loss`` / ``analytic_kl_loss``) from one forward of the samples."""
+        batch = pack_sequences(samples.prompt_ids, samples.response_ids, self.pad).to(self.acc.device)
+        positions = response_positions(self.model, batch, self.fast_head)
+        analytic = self.cfg.kl_estimator == "analytic"
+        logps, kls = position_logps_and_kls(positions, ref_positions if analytic else None)
+        n = shape[0] * shape[1]
+        seq = torch.zeros(n, device=logps.device).index_add(0, positions.row, logps)
+        lp, mask = positions.padded(logps, n)
+        lp, mask = lp.view(*shape, -1), mask.view(*shape, -1)
+        if analytic:
+            return seq, analytic_kl_loss(lp, positions.padded(kls, n)[0].view(*shape, -1), mask)
+        ref_lp = positions.padded(ref_positions.token_logps.to(logps.device), n)[0].view(*shape, -1)
+        return seq, token_kl_loss(lp, ref_lp, mask)
+
+    def _update_kl_coef(self, metrics: dict) -> None:
+        """λ for the next step: from the schedule, or the kl_target controller (docs/losses.md)."""
+        cfg = self.cfg
+        if cfg.kl_target > 0:
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics.get("kl/online", float("nan")),
+                                            cfg.kl_target, cfg.kl_target_rate,
+                                            cfg.kl_coef / 100, cfg.kl_coef * 100)
+        else:
+            self.kl_coef = kl_coef_at(cfg.kl_coef, cfg.kl_coef_schedule,
+                                      self.step / max(1, self.total_steps - 1), cfg.kl_coef_final)
 
     def _online_prompts(self, micro: int, indices: list[int]) -> list[list[int]] | None:
         if not self.hypo:
@@ -430,7 +476,11 @@ class Trainer:
                         self._step_records += [self.data.train[i].index for i in indices]
                     metrics = self._finish_step(totals, losses)
                     metrics["step_time"] = time.perf_counter() - started
+                    if self.hypo:
+                        metrics["kl/coef"] = self.kl_coef
                     self.step += 1
+                    if self.hypo:
+                        self._update_kl_coef(metrics)
                     for callback in self.step_callbacks:
                         callback(self, metrics)
                     if cfg.log_online_samples and acc.is_main_process:
@@ -626,7 +676,8 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "sampler": samplers, "skipped": self.skipped,
-                 "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict()}
+                 "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict(),
+                 "kl_coef": self.kl_coef}
         return ckpt.save_checkpoint(self.cfg.output_dir, self.step, trainable, state,
                                     self.fingerprints, self.cfg.save_total_limit)
 
@@ -677,6 +728,7 @@ class Trainer:
                                        f"step {state['step']} under this batch layout.")
         self.step, self.skipped = state["step"], state["skipped"]
         self.consecutive_skips = state["consecutive_skips"]
+        self.kl_coef = float(state.get("kl_coef", self.cfg.kl_coef))  # λ of the next step
 
     def _check_new_length(self, changed: list[str], old: dict, step: int, folder: Path) -> list[str]:
         """A different max_steps / num_train_epochs resumes only where the learning rate of every
@@ -692,6 +744,8 @@ class Trainer:
         elif cfg.lr_scheduler_type not in ("constant", "constant_with_warmup", "inverse_sqrt"):
             why = (f"lr_scheduler_type {cfg.lr_scheduler_type!r} sets every step's learning rate from "
                    "the total number of steps")
+        elif cfg.kl_coef_schedule != "constant":
+            why = f"kl_coef_schedule {cfg.kl_coef_schedule!r} sets every step's λ from the total number of steps"
         elif cfg.warmup_ratio > 0 and not cfg.warmup_steps:
             why = f"warmup_ratio {cfg.warmup_ratio} sets the warm-up length from the total number of steps"
         else:
