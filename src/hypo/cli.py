@@ -3,6 +3,7 @@
     hypo train --config run.yaml [--beta 0.2 ...]   train HyPO or DPO
     hypo tiny --out DIR                              build a tiny local model + preference file
     hypo demo [--quick]                              DPO vs HyPO on a task with a gold reward
+    hypo realexp [--quick]                           the coverage experiment on SmolLM2-135M-Instruct
     hypo lab [separation|sweep|finite|...]           the coverage lab (exact small-scale theory)
     hypo eval --model DIR --prompts FILE [...]       KL, reward, win rate of a trained model
     hypo coverage --dataset FILE --ref_model M       how well preference data covers π_ref / π
