@@ -1,0 +1,118 @@
+"""The realistic coverage experiment (`hypo realexp`): gold reward, kinds, pair building, coverage,
+and one tiny end-to-end run on the toy model (the real model runs in `hypo realexp` itself)."""
+
+import json
+import math
+
+import pytest
+
+from hypo.realexp import task
+from hypo.realexp.evaluate import coverage, win_rate
+
+KNOWN = frozenset("cats are soft and warm fluffy calm the sea is very big blue".split())
+
+
+@pytest.mark.parametrize("text, clipped, kind", [
+    ("Fluffy.", False, "word"),
+    ('"Calm"', False, "word"),
+    ("**Serene!**", False, "broken"),          # one string, but not a known word
+    ("catx", False, "broken"),                 # gibberish single token
+    ("The.", False, "broken"),                 # a stop word is no description
+    ("Is", False, "broken"),                   # under 3 letters
+    ("Fluffy and warm.", False, "short"),
+    ("Cats are soft and warm and very fluffy.", False, "long"),
+    ("Cats are soft and warm.", True, "broken"),   # cut at the length limit
+    ("", False, "broken"),
+    ("warm warm warm cats", False, "broken"),  # repetition
+    ("Xqz blorf cats vrrt.", False, "broken"),  # under 60% known words
+])
+def test_kinds(text, clipped, kind):
+    assert task.kind_of(text, clipped, KNOWN) == kind
+
+
+def test_gold_reward_orders_the_kinds_and_broken_text_is_worst():
+    g = [task.gold_reward(k) for k in ("word", "short", "long", "broken")]
+    assert g == sorted(g, reverse=True) and g[-1] < min(g[:-1])
+    # degenerate attempts at the optimum land at the bottom, not the top
+    for text in ("fluffy fluffy fluffy", "Zzzzx.", "the", "Fluffy"):
+        kind = task.kind_of(text, text == "Fluffy", KNOWN)
+        assert task.gold_reward(kind) == -1.0
+
+
+def test_known_words_from_a_byte_level_vocabulary():
+    class Tok:
+        def get_vocab(self):
+            return {"Ġcats": 0, "Ġfluffy": 1, "cats": 2, "ĠThe": 3, "Ġ123": 4, "Ġca": 5}
+
+    assert task.known_words(Tok()) == {"cats", "fluffy", "ca"}
+
+
+def test_prompts_are_several_hundred_with_a_disjoint_held_out_split():
+    train, ev = task.split_prompts(seed=0)
+    assert len(train) + len(ev) == len(task.all_prompts()) >= 300
+    assert not set(train) & set(ev) and len(ev) == len(task.all_prompts()) // 4
+    assert task.split_prompts(seed=0) == (train, ev)
+
+
+def _samples():
+    rows = []
+    for p, kinds in (("p1", ["word", "short", "long", "broken"]), ("p2", ["short", "long", "short", "long"])):
+        rows += [{"prompt": p, "text": f"{p} answer {i}", "kind": k} for i, k in enumerate(kinds)]
+    return rows
+
+
+def test_pairs_only_show_the_covered_kinds_in_chat_format():
+    pairs = task.bradley_terry_pairs(_samples(), ("short", "long"), seed=0)
+    texts = {r[k][0]["content"] for r in pairs for k in ("chosen", "rejected")}
+    # p1 keeps its short and long sample (word and broken are not covered); p2 gives two pairs
+    assert len(pairs) == 3 and texts == {"p1 answer 1", "p1 answer 2", "p2 answer 0", "p2 answer 1",
+                                         "p2 answer 2", "p2 answer 3"}
+    assert pairs[0]["prompt"][-1] == {"role": "user", "content": "p1"}
+    assert pairs[0]["chosen"][0]["role"] == "assistant"
+    assert task.bradley_terry_pairs(_samples(), ("short", "long"), seed=0) == pairs
+
+
+def test_bradley_terry_labels_follow_the_gold_reward():
+    rows = [{"prompt": f"p{i}", "text": t, "kind": k} for i in range(400)
+            for t, k in (("a", "word"), ("b", "long"))]
+    pairs = task.bradley_terry_pairs(rows, ("word", "long"), seed=0)
+    share = sum(r["chosen"][0]["content"] == "a" for r in pairs) / len(pairs)
+    assert abs(share - 1 / (1 + math.exp(-4.0))) < 0.03  # σ(4·(1 − 0)) ≈ 0.982
+
+
+def test_coverage_is_pi_ref_mass_on_covered_kinds_and_win_rate_counts_ties_half():
+    ref = [{"kind": k} for k in ("word", "short", "long", "broken")]
+    assert coverage(ref, task.COVERAGE_REGIMES["partial"]) == 0.5
+    assert coverage(ref, task.COVERAGE_REGIMES["global"]) == 0.75
+    assert win_rate([1.0, 0.5, -1.0], [0.5, 0.5, 0.0]) == pytest.approx(0.5)
+
+
+def test_tiny_end_to_end_run(tiny, tmp_path, monkeypatch):
+    """The whole pipeline on the toy model: π_ref sampling, pairs, DPO and HyPO runs with LoRA, eval
+    rows at step 0 and after, results.json and report. The toy's samples are not English, so their
+    kind is assigned by a stand-in (by length) to exercise every branch."""
+    from hypo.realexp import build, evaluate
+    from hypo.realexp.report import write_report
+    from hypo.realexp.run import RealExpSettings, run_realexp
+
+    def fake_kind(text, clipped, known):
+        return ("word", "short", "long", "broken")[len(text) % 4]  # the toy never stops: ignore clipping
+
+    monkeypatch.setattr(build, "kind_of", fake_kind)
+    monkeypatch.setattr(evaluate, "kind_of", fake_kind)
+    s = RealExpSettings(model=str(tiny["model"]), seeds=(0,), regimes=("partial",), train_prompts=24,
+                        samples_per_train_prompt=4, steps=2, batch_size=2, eval_every=1, eval_prompts=2,
+                        eval_samples_per_prompt=2, eval_pairs=2, max_new_tokens=6, threads=1)
+    results = run_realexp(tmp_path / "rx", s)
+    res = results["regimes"]["partial"]
+    assert res["n_pairs"] > 0 and 0 <= res["coverage"] <= 1
+    for method in ("dpo", "hypo"):
+        rows = results["curves"]["partial"][method][0]
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert rows[0]["eval_gold/kl"] == 0.0 and rows[0]["eval_gold/win_rate"] == 0.5
+        assert all(0 <= r["eval_gold/ood_rate"] <= 1 for r in rows)
+        assert results["samples"]["partial"][method]["0"]
+    saved = json.loads((tmp_path / "rx" / "results.json").read_text())
+    assert saved["regimes"]["partial"]["hypo"]["kl"]["per_seed"] == res["hypo"]["kl"]["per_seed"]
+    report = write_report(saved, tmp_path / "rx").read_text()
+    assert "| partial (" in report and "Samples" in report
