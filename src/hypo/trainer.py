@@ -335,7 +335,8 @@ class Trainer:
         out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
                               cfg.beta, cfg.loss_type, cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
         if train and not (kl_term and self.single_backward):
-            backward(out.losses.mean(), not kl_term)
+            with lora_dropout_active(self.model):  # checkpointed layers recompute in the same mode
+                backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                  "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
                  "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
