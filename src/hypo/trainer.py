@@ -453,7 +453,7 @@ class Trainer:
             if self.data.eval and cfg.eval_strategy != "no" and not self._due("eval", self.step):
                 last_eval = self.evaluate()
                 self.logger.log(last_eval, self.step)
-            if cfg.save_steps and self.step % cfg.save_steps and self.step > first_step:
+            if self._final_checkpoint_due(first_step):
                 self.save_checkpoint()  # the final step too, so a finished run can be extended
             self.save_model()
         finally:
@@ -473,6 +473,13 @@ class Trainer:
             per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
             return step * per_step // n > (step - 1) * per_step // n
         return False
+
+    def _final_checkpoint_due(self, first_step: int) -> bool:
+        """Whether the last step still needs its checkpoint: not under save_strategy 'no' or
+        save_steps 0, not when no step ran, and not twice (the strategy may have written it)."""
+        strategy = self.cfg.save_strategy
+        wanted = strategy == "epoch" or (strategy == "steps" and self.cfg.save_steps > 0)
+        return wanted and self.step > first_step and not self._due("save", self.step)
 
     def _clear_previous_run(self, out_dir: Path) -> None:
         """overwrite_output_dir: remove the previous run's own files, say what went and what stayed."""
