@@ -265,7 +265,8 @@ class Trainer:
 
     def _precision(self) -> str:
         """The dtype and autocast mode of the reference forwards (part of the cache key)."""
-        modes = [f"{m}-autocast" for m in ("bf16", "fp16") if getattr(self.cfg, m, False)]
+        mode = "bf16" if self.cfg.bf16 else str(self.acc.mixed_precision)  # or the launcher's
+        modes = [f"{mode}-autocast"] if mode != "no" else []
         head = ["head"] if self.fast_head else []  # LM head on response positions only
         return "+".join([self.cfg.dtype] + modes + head)
 
