@@ -67,15 +67,21 @@ def _adapter_base(name: str) -> str | None:
 
 
 def run_reference(name: str) -> str | None:
-    """The model a hypo run started from (``model_name_or_path`` in its hypo_config.json), for a
-    hypo output folder or its ``merged`` subfolder; None otherwise."""
+    """The model a hypo run started from (``model_name_or_path`` in its hypo_config.json, or the
+    converted folder of its ``gguf_file``), for a hypo output folder or its ``merged`` subfolder;
+    None otherwise."""
     folder = Path(name)
     for path in (folder / "hypo_config.json", folder.parent / "hypo_config.json"):
         if path.is_file() and (path.parent == folder or folder.name == "merged"):
             try:
-                return json.loads(path.read_text()).get("model_name_or_path")
+                saved = json.loads(path.read_text())
             except ValueError:
                 raise ConfigError(f"{path} is not valid JSON; pass --ref_model explicitly.") from None
+            if saved.get("gguf_file"):
+                from .gguf import model_folder
+
+                return model_folder(saved.get("model_name_or_path"), saved["gguf_file"])
+            return saved.get("model_name_or_path")
     return None
 
 
