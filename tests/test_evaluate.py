@@ -182,3 +182,10 @@ def test_reference_of_a_run_trained_from_a_gguf_file(tmp_path, tiny, monkeypatch
     run.mkdir()
     (run / "hypo_config.json").write_text(json.dumps({"model_name_or_path": None, "gguf_file": "m.gguf"}))
     assert run_reference(str(run)) == str(tiny["model"])
+
+
+def test_prompt_limit_of_zero_is_refused(tiny, tmp_path, capsys):
+    """--max_prompt_length 0 kept every prompt whole (ids[-0:] is the whole list); now refused."""
+    code = main(["eval", "--model", str(tiny["model"]), "--ref_model", str(tiny["model"]),
+                 "--prompts", str(tiny["data"]), "--max_prompt_length", "0", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--max_prompt_length 0" in capsys.readouterr().err

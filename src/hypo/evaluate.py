@@ -264,6 +264,7 @@ def _validate(s: EvalSettings) -> None:
     need(s.max_new_tokens >= 1, f"--max_new_tokens {s.max_new_tokens}: must be ≥ 1.")
     need(s.num_prompts >= 0, f"--num_prompts {s.num_prompts}: must be ≥ 0 (0 = all).")
     need(s.batch_size >= 1, f"--batch_size {s.batch_size}: must be ≥ 1.")
+    need(s.max_prompt_length >= 1, f"--max_prompt_length {s.max_prompt_length}: must be ≥ 1.")
     need(s.temperature > 0, f"--temperature {s.temperature}: must be > 0.")
 
 
