@@ -224,3 +224,20 @@ def test_a_folder_holding_a_run_is_refused_at_train_unless_resumed(objects, conf
     with pytest.raises(ConfigError, match="already holds a run"):
         again.train()
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+def test_gguf_file_alone_names_the_model(base_config, tiny, tmp_path, monkeypatch):
+    """args with gguf_file and no model_name_or_path (as `hypo train --gguf_file NAME`) train
+    through the API too, from the converted folder, and the model card names the GGUF."""
+    import hypo.gguf
+    from hypo import HyPOTrainer
+
+    calls = []
+    monkeypatch.setattr(hypo.gguf, "model_folder",
+                        lambda model, gguf: calls.append((model, gguf)) or str(tiny["model"]))
+    args = base_config(model_name_or_path=None, gguf_file="some-model.gguf", algo="dpo", max_steps=1,
+                       output_dir=str(tmp_path / "gguf-run"))
+    HyPOTrainer(args=args).train()
+    assert calls and all(c == (None, "some-model.gguf") for c in calls)
+    card = (tmp_path / "gguf-run" / "README.md").read_text()
+    assert "some-model.gguf" in card and "`None`" not in card

@@ -271,3 +271,18 @@ def test_no_strategy_and_steps_strategy(base_config, tmp_path):
     assert evals == [] and saved == []
     evals, saved = run_steps(base_config, tmp_path, "steps", eval_steps=2, save_steps=2)
     assert evals == [2, 4, 5] and saved == [2, 4, 5]  # every N steps; both also at the end
+
+
+def test_final_checkpoint_follows_the_save_strategy(base_config, tmp_path, monkeypatch):
+    """The last step is checkpointed (so a finished run can be extended) once, and never under
+    save_strategy 'no' (whatever save_steps says)."""
+    import hypo.checkpoint as ckpt
+
+    written = []
+    real = ckpt.save_checkpoint
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda out, step, *a, **k: written.append(step) or
+                        real(out, step, *a, **k))
+    run_steps(base_config, tmp_path, "no-with-steps", save_strategy="no", save_steps=3)
+    assert written == []
+    run_steps(base_config, tmp_path, "epoch-once", save_strategy="epoch", save_steps=3)
+    assert written == [2, 3, 5]  # step 5 ends a pass: written once, not again as the final step

@@ -101,3 +101,12 @@ def test_coverage_reference_of_a_hypo_run_comes_from_its_config(tiny, tmp_path, 
     assert code == 0, capsys.readouterr().err
     r = json.loads((out / "coverage.json").read_text())
     assert r["ref_model"] == str(tiny["model"]) and r["policy"]["kl"] == 0.0
+
+
+def test_coverage_prompt_limit_must_leave_room_for_a_response(tiny, tmp_path, capsys):
+    """--max_length at or below the default --max_prompt_length (512) is refused with the fix,
+    before any model loads (it was a ValueError traceback from tokenization)."""
+    code = main(["coverage", "--dataset", str(tiny["data"]), "--ref_model", str(tmp_path / "absent"),
+                 "--max_length", "256", "--out", str(tmp_path / "cov")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max_prompt_length 512" in err and "--max_length 256" in err

@@ -166,3 +166,26 @@ def test_loading_an_adapter_raises_no_deprecation_warnings(models):
         warnings.simplefilter("always")
         load_pair(str(models["adapter"]), None)
     assert [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))] == []
+
+
+def test_reference_of_a_run_trained_from_a_gguf_file(tmp_path, tiny, monkeypatch):
+    """A full fine-tune of `hypo train --gguf_file NAME` records model_name_or_path None: its
+    reference is the converted GGUF folder, not None (then 'not a hypo output folder')."""
+    import json
+
+    import hypo.gguf
+    from hypo.evaluate import run_reference
+
+    monkeypatch.setattr(hypo.gguf, "model_folder",
+                        lambda model, gguf: str(tiny["model"]) if gguf == "m.gguf" else model)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hypo_config.json").write_text(json.dumps({"model_name_or_path": None, "gguf_file": "m.gguf"}))
+    assert run_reference(str(run)) == str(tiny["model"])
+
+
+def test_prompt_limit_of_zero_is_refused(tiny, tmp_path, capsys):
+    """--max_prompt_length 0 kept every prompt whole (ids[-0:] is the whole list); now refused."""
+    code = main(["eval", "--model", str(tiny["model"]), "--ref_model", str(tiny["model"]),
+                 "--prompts", str(tiny["data"]), "--max_prompt_length", "0", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--max_prompt_length 0" in capsys.readouterr().err

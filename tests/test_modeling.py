@@ -72,3 +72,34 @@ def test_disable_dropout_zeroes_modules_attributes_and_config():
     assert model.config.attn_pdrop == model.config.resid_pdrop == model.config.embd_pdrop == 0.0
     ids = torch.arange(16).unsqueeze(0)
     assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_lora_dropout_with_gradient_checkpointing_trains_like_without(base_config, tmp_path):
+    """The backward recomputes checkpointed layers: LoRA's dropout must be on there as in the
+    pairs' forward (same masks: the RNG state is replayed), else torch refuses the recomputation
+    and any step with lora_dropout > 0 under gradient checkpointing crashed."""
+    common = dict(algo="dpo", max_steps=1, per_device_train_batch_size=4, use_peft=True, lora_r=4,
+                  lora_dropout=0.5)
+    on, weights_on = first_step(base_config(gradient_checkpointing=True, output_dir=str(tmp_path / "on"),
+                                            **common))
+    off, weights_off = first_step(base_config(output_dir=str(tmp_path / "off"), **common))
+    assert on["loss"] == pytest.approx(off["loss"], rel=1e-5)
+    for name, w in weights_on.items():
+        torch.testing.assert_close(w, weights_off[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_applies_to_a_given_peft_model(base_config, tiny):
+    """A PeftModel passed in (hypo.api) gets activation checkpointing as a loaded model does,
+    instead of gradient_checkpointing=True being ignored for it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hypo.modeling import quiet_peft
+
+    with quiet_peft():  # peft's own deprecated call
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["model"]),
+                                    LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    pair = build_policy(base_config(gradient_checkpointing=True), need_reference=False, model=peft_model)
+    layers = [m for m in pair.policy.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and all(m.gradient_checkpointing for m in layers)
+    assert pair.policy.get_base_model().config.use_cache is False

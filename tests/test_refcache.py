@@ -112,3 +112,15 @@ def test_default_cache_folder_is_private(tmp_path, monkeypatch):
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(default_cache_dir().stat().st_mode) == 0o700
+
+
+def test_launcher_mixed_precision_keys_the_cache(base_config, monkeypatch):
+    """Autocast set by the launcher (accelerate launch --mixed_precision bf16, without --bf16)
+    computes the cache in bf16: a float32 run must not reuse those numbers."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    launched = Trainer(base_config(algo="dpo", max_steps=1))
+    assert launched.acc.mixed_precision == "bf16" and "bf16-autocast" in launched._precision()
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    plain = Trainer(base_config(algo="dpo", max_steps=1))
+    assert plain.acc.mixed_precision == "no"
+    assert plain.data.report["ref_cache_train"] == "computed"  # not the bf16 entry

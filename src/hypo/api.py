@@ -142,9 +142,12 @@ class HyPOTrainer:
             if tokenizer is None and cfg.model_name_or_path.startswith("<in-memory"):
                 raise ConfigError(f"model is a {type(model_obj).__name__} object with no name_or_path "
                                   "to load its tokenizer from: pass processing_class=<your tokenizer>.")
-        if cfg.model_name_or_path is None:
+        if model_obj is not None and cfg.gguf_file:
+            raise ConfigError(f"model is a {type(model_obj).__name__} object and args.gguf_file is "
+                              "set: pass one of them (gguf_file loads the model from the GGUF file).")
+        if cfg.model_name_or_path is None and not cfg.gguf_file:
             raise ConfigError("no model: pass model=<a PreTrainedModel or a path / hub id> (or set "
-                              "model_name_or_path in args).")
+                              "model_name_or_path or gguf_file in args).")
         if peft_config is not None:
             if model_obj is not None and _is_peft(model_obj):
                 raise ConfigError("model is already a PeftModel: drop peft_config (its adapter is "

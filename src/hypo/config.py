@@ -230,8 +230,9 @@ class TrainConfig:
                           "at the end).", group="output")
     save_strategy: str = opt(
         "steps", "When to write checkpoints: 'steps' (every save_steps), 'epoch' (whenever an "
-        "optimizer step completes a pass over the training pairs) or 'no'. The final model is always "
-        "saved, and a SIGTERM/SIGINT always writes a checkpoint.", STRATEGIES, group="output")
+        "optimizer step completes a pass over the training pairs) or 'no'. With 'steps' (save_steps > 0) "
+        "or 'epoch' the last step is checkpointed too, so a finished run can be extended. The final "
+        "model is always saved, and a SIGTERM/SIGINT always writes a checkpoint.", STRATEGIES, group="output")
     save_steps: int = opt(500, "With save_strategy 'steps': write a checkpoint every N optimizer "
                           "steps (0 = only the final model).", group="output")
     save_total_limit: int = opt(2, "Checkpoints to keep (the newest); at least 1.", group="output")

@@ -68,6 +68,10 @@ def run_coverage(s: CoverageSettings) -> dict:
                           "--num_pairs ≥ 0 (0 = all).")
     if s.kl_radius < 0:
         raise ConfigError(f"--kl_radius {s.kl_radius}: must be ≥ 0 (nats).")
+    if not 1 <= s.max_prompt_length < s.max_length:
+        raise ConfigError(f"--max_prompt_length {s.max_prompt_length} must be ≥ 1 and below "
+                          f"--max_length {s.max_length} to leave room for a response: lower "
+                          "--max_prompt_length or raise --max_length.")
     if s.model is None and s.ref_model is None:
         raise ConfigError("pass --ref_model (and optionally --model, the trained policy).")
     out = Path(s.out)

@@ -67,15 +67,21 @@ def _adapter_base(name: str) -> str | None:
 
 
 def run_reference(name: str) -> str | None:
-    """The model a hypo run started from (``model_name_or_path`` in its hypo_config.json), for a
-    hypo output folder or its ``merged`` subfolder; None otherwise."""
+    """The model a hypo run started from (``model_name_or_path`` in its hypo_config.json, or the
+    converted folder of its ``gguf_file``), for a hypo output folder or its ``merged`` subfolder;
+    None otherwise."""
     folder = Path(name)
     for path in (folder / "hypo_config.json", folder.parent / "hypo_config.json"):
         if path.is_file() and (path.parent == folder or folder.name == "merged"):
             try:
-                return json.loads(path.read_text()).get("model_name_or_path")
+                saved = json.loads(path.read_text())
             except ValueError:
                 raise ConfigError(f"{path} is not valid JSON; pass --ref_model explicitly.") from None
+            if saved.get("gguf_file"):
+                from .gguf import model_folder
+
+                return model_folder(saved.get("model_name_or_path"), saved["gguf_file"])
+            return saved.get("model_name_or_path")
     return None
 
 
@@ -258,6 +264,7 @@ def _validate(s: EvalSettings) -> None:
     need(s.max_new_tokens >= 1, f"--max_new_tokens {s.max_new_tokens}: must be ≥ 1.")
     need(s.num_prompts >= 0, f"--num_prompts {s.num_prompts}: must be ≥ 0 (0 = all).")
     need(s.batch_size >= 1, f"--batch_size {s.batch_size}: must be ≥ 1.")
+    need(s.max_prompt_length >= 1, f"--max_prompt_length {s.max_prompt_length}: must be ≥ 1.")
     need(s.temperature > 0, f"--temperature {s.temperature}: must be > 0.")
 
 

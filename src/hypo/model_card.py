@@ -54,6 +54,14 @@ def _is_hub_id(name) -> bool:
     return bool(name) and not looks_local(str(name)) and not Path(str(name)).exists()
 
 
+def _base_model(cfg) -> str:
+    """The model the run started from, as the user named it (a GGUF file when gguf_file is set)."""
+    if not cfg.gguf_file:
+        return str(cfg.model_name_or_path)
+    inside = f" in {cfg.model_name_or_path}" if cfg.model_name_or_path else ""
+    return f"{cfg.gguf_file}{inside}"
+
+
 def _eval_data(cfg, data_report: dict) -> str:
     """Which pairs the evaluation metrics come from."""
     if not data_report.get("eval_pairs"):
@@ -109,8 +117,8 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     tags = ["hypo", "dpo"] if cfg.algo == "dpo" else ["hypo"]
     tags += ["preference-optimization", "arxiv:2406.01462"]
     # base_model is a hub reference: a local folder means nothing on the hub, so it is left out.
-    front = ["---"] + ([f"base_model: {cfg.model_name_or_path}"] if _is_hub_id(cfg.model_name_or_path)
-                       else [])
+    hub = _is_hub_id(cfg.model_name_or_path) and not cfg.gguf_file
+    front = ["---"] + ([f"base_model: {cfg.model_name_or_path}"] if hub else [])
     front += [f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
     front += [f"- {t}" for t in tags]
     if cfg.dataset_name and not Path(cfg.dataset_name).exists():
@@ -119,10 +127,11 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     kind = "a LoRA adapter" if adapter else ("the LoRA adapter merged into the base weights" if merged
                                              else "a fully fine-tuned model")
     lines = [f"# {folder.resolve().name if not merged else folder.resolve().parent.name + ' (merged)'}",
-             "", f"This is {kind}, trained from `{cfg.model_name_or_path}` with "
+             "", f"This is {kind}, trained from `{_base_model(cfg)}` with "
              f"[hypo](https://arxiv.org/abs/2406.01462) ({name}).", "",
-             "## Base model", "", f"`{cfg.model_name_or_path}`"
-             + ("" if _is_hub_id(cfg.model_name_or_path) else " (a local folder, not a hub model)")
+             "## Base model", "", f"`{_base_model(cfg)}`"
+             + (" (a GGUF file, converted by `hypo gguf`)" if cfg.gguf_file else
+                "" if hub else " (a local folder, not a hub model)")
              + (f" (tokenizer `{cfg.tokenizer_name_or_path}`)" if cfg.tokenizer_name_or_path else ""),
              "", "## Data", "",
              f"- preference pairs: `{cfg.dataset_name}` (split `{cfg.dataset_train_split}`)"]

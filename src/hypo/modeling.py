@@ -200,6 +200,8 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
     Warnings: see ``precision_warnings``.
     """
     if model is not None and _is_peft(model):
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model.get_base_model())
         return PolicyPair(_lora_dropout_off(disable_dropout(model).train()), None, is_peft=True)
     if model is None:
         model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,

@@ -268,7 +268,8 @@ class Trainer:
 
     def _precision(self) -> str:
         """The dtype and autocast mode of the reference forwards (part of the cache key)."""
-        modes = [f"{m}-autocast" for m in ("bf16", "fp16") if getattr(self.cfg, m, False)]
+        mode = "bf16" if self.cfg.bf16 else str(self.acc.mixed_precision)  # or the launcher's
+        modes = [f"{mode}-autocast"] if mode != "no" else []
         head = ["head"] if self.fast_head else []  # LM head on response positions only
         return "+".join([self.cfg.dtype] + modes + head)
 
@@ -341,7 +342,8 @@ class Trainer:
         out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
                               cfg.beta, cfg.loss_type, cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
         if train and not (kl_term and self.single_backward):
-            backward(out.losses.mean(), not kl_term)
+            with lora_dropout_active(self.model):  # checkpointed layers recompute in the same mode
+                backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                  "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
                  "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
@@ -502,7 +504,7 @@ class Trainer:
             if self.data.eval and cfg.eval_strategy != "no" and not self._due("eval", self.step):
                 last_eval = self.evaluate()
                 self.logger.log(last_eval, self.step)
-            if cfg.save_steps and self.step % cfg.save_steps and self.step > first_step:
+            if self._final_checkpoint_due(first_step):
                 self.save_checkpoint()  # the final step too, so a finished run can be extended
             self.save_model()
         finally:
@@ -522,6 +524,13 @@ class Trainer:
             per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
             return step * per_step // n > (step - 1) * per_step // n
         return False
+
+    def _final_checkpoint_due(self, first_step: int) -> bool:
+        """Whether the last step still needs its checkpoint: not under save_strategy 'no' or
+        save_steps 0, not when no step ran, and not twice (the strategy may have written it)."""
+        strategy = self.cfg.save_strategy
+        wanted = strategy == "epoch" or (strategy == "steps" and self.cfg.save_steps > 0)
+        return wanted and self.step > first_step and not self._due("save", self.step)
 
     def _clear_previous_run(self, out_dir: Path) -> None:
         """overwrite_output_dir: remove the previous run's own files, say what went and what stayed."""
