@@ -241,3 +241,21 @@ def test_gguf_file_alone_names_the_model(base_config, tiny, tmp_path, monkeypatc
     assert calls and all(c == (None, "some-model.gguf") for c in calls)
     card = (tmp_path / "gguf-run" / "README.md").read_text()
     assert "some-model.gguf" in card and "`None`" not in card
+
+
+def test_save_model_before_training_refuses_another_runs_folder(objects, config, tmp_path):
+    from hypo import HyPOTrainer
+    from hypo.config import ConfigError
+
+    tokenizer, records, make_model = objects
+    args = dict(output_dir=str(tmp_path / "run"), max_steps=1, algo="dpo")
+    HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+                processing_class=tokenizer).train()
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    fresh = HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+                        processing_class=tokenizer)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fresh.save_model()
+    fresh.save_model(tmp_path / "elsewhere")  # an empty folder is fine
+    assert (tmp_path / "elsewhere" / "config.json").is_file()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

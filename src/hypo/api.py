@@ -176,6 +176,7 @@ class HyPOTrainer:
             _check_callback(cb)
         self.state = TrainerState()
         self._loss_sum, self._loss_steps, self._resume_checked = 0.0, 0, True
+        self._trained = False  # save_model() before train() must not write into another run
         self.core = _Core(self, cfg, model=model_obj, ref_model=ref_model, peft_config=peft_config,
                           processing_class=tokenizer, datasets=datasets)
         self.state.max_steps = self.core.total_steps
@@ -199,6 +200,7 @@ class HyPOTrainer:
             self.args.resume_from_checkpoint = ("auto" if resume_from_checkpoint is True
                                                 else str(resume_from_checkpoint))
         self.state.should_training_stop = False
+        self._trained = True
         self._resume_checked = not self.args.resume_from_checkpoint
         self._loss_sum, self._loss_steps = 0.0, 0
         self.core.train()
@@ -216,7 +218,13 @@ class HyPOTrainer:
         return self.core.evaluate()
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """save_pretrained of the model (adapter, and merged with merge_adapter) + tokenizer + card."""
+        """save_pretrained of the model (adapter, and merged with merge_adapter) + tokenizer + card.
+        Before this trainer has trained, a folder holding another run is refused (as in train())."""
+        if not self._trained:
+            from .preflight import check_output_dir
+
+            check_output_dir(dataclasses.replace(self.core.cfg, resume_from_checkpoint=None,
+                                                 output_dir=str(output_dir or self.args.output_dir)))
         if output_dir is None or Path(output_dir) == Path(self.args.output_dir):
             return self.core.save_model()
         kept = self.core.cfg

@@ -181,7 +181,9 @@ class TrainConfig:
                               "longest row (1 = one padded forward).", group="algorithm")
     precompute_ref_log_probs: bool = opt(
         True, "Compute the reference log-probs of the offline pairs once and cache them on disk "
-        "(keyed by model, tokenizer, data and length fingerprints).", group="algorithm")
+        "(keyed by the reference weights — the base weights with LoRA —, model config, attention "
+        "implementation, tokenizer, the pairs' token ids, dtype, autocast and LM-head path).",
+        group="algorithm")
     ref_cache_dir: str | None = opt(None, "Folder of the reference log-prob cache; default "
                                     "$HYPO_CACHE or ~/.cache/hypo.", group="algorithm")
 
