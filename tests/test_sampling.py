@@ -184,3 +184,17 @@ def test_no_generation_warnings_from_hypos_own_settings(tiny):
     messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     messages += [str(w.message) for w in caught if "generat" in str(w.message).lower()]
     assert messages == [], messages
+
+
+def test_sampler_times_prefill_and_every_decode_step(tiny):
+    """`last_timing` (the bench's decode roofline): one prefill, then one processor call per new
+    token, so a call that runs to max_new_tokens has max_new_tokens − 1 decode steps."""
+    model, tok = load(tiny)
+    prompts = [[tok.bos_token_id, 30], [tok.bos_token_id, 40, 41]]
+    sampler = OnlineSampler(tok, k=2, max_new_tokens=6, seed=1, stop_token_ids=[len(tok) + 5])
+    sampler.stop_token_ids = [len(tok) + 5]  # a token that never comes: every row runs to the limit
+    samples = sampler.sample(model, prompts)
+    assert all(len(r) == 6 for r in samples.response_ids)
+    t = sampler.last_timing
+    assert t["rows"] == 4 and t["prompt_lens"] == [2, 2, 3, 3] and t["decode_steps"] == 5
+    assert t["prefill_s"] > 0 and t["decode_s"] > 0
