@@ -31,6 +31,15 @@ class OnlineSamples:
     def clipped_ratio(self) -> float:
         return sum(self.clipped) / max(len(self.clipped), 1)
 
+    def split(self, prompt_counts: list[int]) -> list["OnlineSamples"]:
+        """Consecutive groups of prompts (with their k samples each): one per micro-batch."""
+        parts, start = [], 0
+        for n in prompt_counts:
+            rows = slice(start * self.k, (start + n) * self.k)
+            parts.append(OnlineSamples(self.prompt_ids[rows], self.response_ids[rows], self.clipped[rows], self.k))
+            start += n
+        return parts
+
 
 def samples_unbiased(settings_unbiased: bool, clipped_ratio: float) -> bool:
     """Whether samples were exact draws from π: unbiased sampler settings (temperature 1, no
