@@ -372,7 +372,7 @@ class Trainer:
         change within a step, so each row is still an exact draw from the current π): more rows
         per decode step, the same weight reads. One entry per micro-batch, None where it samples
         by itself (vLLM keeps its own batching; single micro-batch steps are unchanged)."""
-        if len(prompts) < 2 or any(p is None for p in prompts) or not isinstance(self.sampler, OnlineSampler):
+        if len(prompts) < 2 or any(p is None for p in prompts) or type(self.sampler) is not OnlineSampler:
             return [None] * len(prompts)
         with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():
             samples = self.sampler.sample(full_model, [x for p in prompts for x in p])
