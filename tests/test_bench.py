@@ -44,6 +44,14 @@ def test_bench_quick_writes_bench_json(tmp_path):
     keys = {t["key"] for t in block["targets"]}
     assert "dpo_tokens_per_s_vs_trl_precompute" in keys and len(keys) == 6
     assert result["targets_size"] == "tiny"
+    # The decode roofline: bandwidth measured in the same run, HyPO's generate calls timed.
+    assert positive(result["bandwidth_bytes_per_s"])
+    sampling = modes["hypo-hypo"]["sampling"]
+    assert sampling["rows"] == 16 and sampling["calls_per_step"] == 1
+    for key in ("decode_ms_per_step", "decode_tokens_per_s", "decode_roofline", "prefill_ms",
+                "prefill_tokens_per_s", "prefill_roofline"):
+        assert positive(sampling[key]), key
+    assert 0 < comps["hypo_decode_roofline"]["median"] < 1
 
 
 def test_flop_counts_follow_the_formula():
@@ -96,3 +104,76 @@ def test_online_part_comparison_with_rloo():
     out = compare({"hypo-hypo": mode(0.8, 20.0), "hypo-dpo": mode(0.3), "trl-rloo": mode(0.7, 20.0)})
     assert abs(out["hypo_samples_per_s_vs_rloo"]["median"] - 1.0) < 1e-12
     assert abs(out["hypo_online_part_samples_per_s_vs_rloo"]["median"] - 1.6) < 1e-12
+
+
+def test_decode_and_prefill_roofline_bounds():
+    from hypo.bench.flops import decode_bound_s, prefill_bound_s
+
+    shape = ModelShape.from_config(dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                        intermediate_size=1024, vocab_size=2048))
+    n, peak, bw = shape.matmul_params, 1e11, 1e10
+    kv = lambda ctx: 2 * 4 * 4 * 64 * ctx  # noqa: E731 - K and V, 4 layers, 4 KV heads of 64
+    # Two rows (prompts 3 and 5), two decode steps: each step reads the weights once and each
+    # row's KV cache; here the bytes side binds (small batch).
+    want = sum(max((4 * n + 4 * (kv(3 + t) + kv(5 + t))) / bw,
+                   (2 * (2 * n) + 4 * 4 * 4 * 64 * (3 + t + 5 + t)) / peak) for t in (1, 2))
+    assert abs(decode_bound_s(shape, [3, 5], 2, peak, bw) - want) < 1e-15
+    assert want == sum((4 * n + 4 * (kv(3 + t) + kv(5 + t))) / bw for t in (1, 2))
+    # Prefill: compute-bound once prompts are long; the LM head runs at the last position only.
+    flops = shape.forward(100) - 2 * 256 * 2048 * 99
+    assert abs(prefill_bound_s(shape, [100], peak, bw) - max(flops / peak, 4 * (n + kv(100)) / bw)) < 1e-15
+
+
+def test_sampling_figures_from_timed_generate_calls():
+    from hypo.bench.flops import decode_bound_s
+    from hypo.bench.runner import sampling_figures
+
+    shape = ModelShape.from_config(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=256, vocab_size=2048))
+    call = {"rows": 4, "prompt_lens": [3, 3, 5, 5], "prefill_s": 0.02, "decode_s": 0.5, "decode_steps": 10}
+    figs = sampling_figures([call], shape, peak=1e11, bandwidth=1e10)
+    assert figs["decode_ms_per_step"] == [50.0] and figs["decode_tokens_per_s"] == [80.0]
+    assert figs["prefill_ms"] == [20.0] and figs["prefill_tokens_per_s"] == [16 / 0.02]
+    bound = decode_bound_s(shape, [3, 3, 5, 5], 10, 1e11, 1e10)
+    assert figs["decode_roofline"] == [bound / 0.5] and figs["decode_bound_ms_per_step"] == [100 * bound]
+    assert "decode_roofline" not in sampling_figures([call], shape, peak=None, bandwidth=None)
+
+
+def test_ratio_of_medians_outside_the_per_round_range_is_marked_and_explained():
+    from rich.console import Console
+
+    from hypo.bench.report import OUTSIDE_NOTE, comparison_table, markdown_tables
+    from hypo.bench.runner import compare, targets
+
+    def mode(pooled_median, round_medians):
+        return {"tokens_per_s": {"median": pooled_median, "min": 0.5, "max": 9.0, "n": 6},
+                "per_round_median": [{"tokens_per_s": v} for v in round_medians]}
+
+    # Per-round ratios 2/1 = 2.0 and 4/2 = 2.0; the pooled medians come from different rounds.
+    inside = compare({"hypo-dpo": mode(4.0, [2.0, 4.0]), "trl-dpo": mode(2.0, [1.0, 2.0])})
+    assert inside["dpo_tokens_per_s_vs_trl"]["median"] == 2.0
+    assert comparison_table("small", {"comparisons": inside, "targets": targets(inside)}).caption is None
+    # Per-round ratios 3.0 and 2.5, but the ratio of the pooled medians is 2.0: outside.
+    comps = compare({"hypo-dpo": mode(4.0, [3.0, 5.0]), "trl-dpo": mode(2.0, [1.0, 2.0])})
+    c = comps["dpo_tokens_per_s_vs_trl"]
+    assert (c["median"], c["min"], c["max"]) == (2.0, 2.5, 3.0)
+    block = {"comparisons": comps, "targets": targets(comps), "workload": {"num_params": 1e6}, "modes": {}}
+    table = comparison_table("small", block)
+    assert table.caption == OUTSIDE_NOTE
+    console = Console(width=200, record=True)
+    console.print(table)
+    assert "2.00 (2.50–3.00) †" in console.export_text()
+    assert OUTSIDE_NOTE in markdown_tables({"sizes": {"small": block}})
+
+
+def test_real_sizes_use_the_given_model_folder(tmp_path, tiny):
+    from hypo.bench.runner import BenchSettings
+    from hypo.bench.workload import prepare
+
+    wl = prepare(tmp_path, "real-lora", 64, 8, model=str(tiny["model"]))
+    assert wl.lora and wl.model_dir == str(tiny["model"]) and wl.shape["vocab_size"] > 0
+    assert len(open(wl.data).read().splitlines()) == 8
+    assert not prepare(tmp_path, "real", 64, 8, model=str(tiny["model"])).lora
+    BenchSettings(sizes=("small", "real", "real-lora")).validate()
+    with pytest.raises(ValueError, match="no config.json"):
+        prepare(tmp_path, "real", 64, 8, model=str(tmp_path / "nowhere"))

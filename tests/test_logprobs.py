@@ -1,5 +1,6 @@
 """Response-only log-probs: masks, padding invariance, agreement with a token-by-token loop."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -111,3 +112,38 @@ def test_exact_bucketing_gives_the_same_number_of_forwards_for_any_lengths():
     for lengths in ([10] * 8, [10, 200, 11, 199, 12, 198, 13, 197], list(range(1, 9))):
         assert len(bucket_rows(lengths, max_buckets=3, exact=True)) == 3
     assert len(bucket_rows([5, 6], max_buckets=4, exact=True)) == 2
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_head_matches_the_full_head_in_value_and_gradient(bias):
+    """The chunked LM head (logits recomputed in backward) gives the same log-probs and the same
+    gradients for hidden states, weight and bias as log_softmax over the full logits."""
+    from hypo.logprobs import _ChunkedHeadLogps, head_token_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=bias).double()
+    hidden = torch.randn(23, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    weights = torch.randn(23, dtype=torch.float64)
+
+    def run(chunk_values):
+        for p in [hidden, *head.parameters()]:
+            p.grad = None
+        calls = []
+        apply = _ChunkedHeadLogps.apply
+        _ChunkedHeadLogps.apply = lambda *a: calls.append(a[-1]) or apply(*a)
+        try:
+            out = head_token_logps(head, hidden, targets, chunk_values)
+        finally:
+            _ChunkedHeadLogps.apply = apply
+        (out * weights).sum().backward()
+        return out.detach(), [p.grad.clone() for p in [hidden, *head.parameters()]], calls
+
+    full, full_grads, none = run(10**9)  # one chunk: the direct path
+    chunked, grads, calls = run(5 * 50)  # 5 rows per chunk: 5 chunks
+    assert none == [] and calls == [5]
+    ref = torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert torch.allclose(full.double(), ref.detach(), atol=1e-6)
+    assert torch.allclose(chunked.double(), ref.detach(), atol=1e-6)
+    for a, b in zip(grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -184,3 +184,52 @@ def test_no_generation_warnings_from_hypos_own_settings(tiny):
     messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     messages += [str(w.message) for w in caught if "generat" in str(w.message).lower()]
     assert messages == [], messages
+
+
+def test_sampler_times_prefill_and_every_decode_step(tiny):
+    """`last_timing` (the bench's decode roofline): one prefill, then one processor call per new
+    token, so a call that runs to max_new_tokens has max_new_tokens − 1 decode steps."""
+    model, tok = load(tiny)
+    prompts = [[tok.bos_token_id, 30], [tok.bos_token_id, 40, 41]]
+    sampler = OnlineSampler(tok, k=2, max_new_tokens=6, seed=1, stop_token_ids=[len(tok) + 5])
+    sampler.stop_token_ids = [len(tok) + 5]  # a token that never comes: every row runs to the limit
+    samples = sampler.sample(model, prompts)
+    assert all(len(r) == 6 for r in samples.response_ids)
+    t = sampler.last_timing
+    assert t["rows"] == 4 and t["prompt_lens"] == [2, 2, 3, 3] and t["decode_steps"] == 5
+    assert t["prefill_s"] > 0 and t["decode_s"] > 0
+
+
+def test_one_generate_call_per_optimizer_step_for_all_micro_batches(base_config):
+    """With gradient accumulation, every micro-batch's prompts are sampled in one call (same
+    weights within a step), and each micro-batch gets the samples of its own prompts."""
+    from hypo.trainer import Trainer
+
+    trainer = Trainer(base_config(algo="hypo", max_steps=2, per_device_train_batch_size=4,
+                                  gradient_accumulation_steps=3, num_online_samples=2))
+    calls, checked = [], []
+    sample, micro_step = trainer.sampler.sample, trainer._micro_step
+
+    def counting_sample(model, prompts):
+        calls.append(len(prompts))
+        return sample(model, prompts)
+
+    def checking_micro_step(indices, prompts, *args, presampled=None, **kwargs):
+        assert presampled.prompt_ids == [p for p in prompts for _ in range(2)]
+        assert len(presampled.response_ids) == len(presampled.clipped) == 8
+        checked.append(len(prompts))
+        return micro_step(indices, prompts, *args, presampled=presampled, **kwargs)
+
+    trainer.sampler.sample, trainer._micro_step = counting_sample, checking_micro_step
+    assert trainer.train()["step"] == 2
+    assert calls == [12, 12] and checked == [4] * 6
+
+
+def test_split_keeps_prompt_major_rows():
+    from hypo.sampling import OnlineSamples
+
+    s = OnlineSamples([[1], [1], [2], [2], [3], [3]], [[7], [8], [9], [10], [11], [12]],
+                      [False, True, False, False, True, True], k=2)
+    a, b = s.split([1, 2])
+    assert (a.prompt_ids, a.response_ids, a.clipped) == ([[1], [1]], [[7], [8]], [False, True])
+    assert b.prompt_ids == [[2], [2], [3], [3]] and b.response_ids == [[9], [10], [11], [12]] and b.k == 2

@@ -63,6 +63,60 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+CHUNK_LOGITS = 2**22  # logits values (16 MB in float32) per chunk of the LM head
+
+
+def head_token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                     chunk_values: int = CHUNK_LOGITS) -> torch.Tensor:
+    """log softmax(head(hidden))[target]: (M, H), (M,) -> (M,) float32.
+
+    When the (M, V) logits are larger than one chunk, a plain ``nn.Linear`` head runs chunk by
+    chunk of rows and its logits are recomputed in backward (``_ChunkedHeadLogps``): with a
+    49k vocabulary they would be hundreds of MB, held for backward with their gradient. Other
+    heads (LoRA-wrapped, scaled) and autocast keep the direct path."""
+    rows = max(1, chunk_values // max(head.weight.shape[0], 1)) if hasattr(head, "weight") else 0
+    if (type(head) is not torch.nn.Linear or hidden.shape[0] <= rows
+            or torch.is_autocast_enabled(hidden.device.type)):
+        return token_logps(head(hidden), targets)
+    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets, rows)
+
+
+class _ChunkedHeadLogps(torch.autograd.Function):
+    """logits_c = h_c·Wᵀ + b per chunk c of rows; out = logits[target] − logsumexp(logits).
+    Backward recomputes logits_c: d out / d logits = onehot(target) − softmax(logits), so
+    dh_c = g_c·W, dW += g_cᵀ·h_c, db += Σ g_c with g_c = grad_c·(onehot − softmax)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for s in range(0, hidden.shape[0], rows):
+            out[s: s + rows] = token_logps(torch.nn.functional.linear(hidden[s: s + rows], weight, bias),
+                                           targets[s: s + rows])
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if (need_b and bias is not None) else None
+        for s in range(0, hidden.shape[0], ctx.rows):
+            h, t, g_out = hidden[s: s + ctx.rows], targets[s: s + ctx.rows], grad[s: s + ctx.rows]
+            g = torch.nn.functional.linear(h, weight, bias).float().softmax(-1).mul_(-g_out[:, None])
+            g[torch.arange(len(t), device=g.device), t] += g_out
+            g = g.to(weight.dtype)
+            if need_h:
+                gh[s: s + ctx.rows] = g @ weight
+            if need_w:
+                gw.addmm_(g.t(), h)
+            if gb is not None:
+                gb += g.sum(0)
+        return gh, gw, gb, None, None
+
+
 def response_hidden_states(model: torch.nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (M, H) at the positions that predict response tokens, targets (M,))."""
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -83,7 +137,7 @@ def sequence_logps(model: torch.nn.Module, batch: SequenceBatch, target_only_hea
     mask = batch.response_mask[:, 1:]
     if target_only_head:
         hidden, targets = response_hidden_states(model, batch)
-        per_token = token_logps(model.get_output_embeddings()(hidden), targets)
+        per_token = head_token_logps(model.get_output_embeddings(), hidden, targets)
     else:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         per_token = token_logps(out.logits[:, :-1][mask], batch.input_ids[:, 1:][mask])

@@ -8,6 +8,7 @@ logits processor: sampling neither consumes nor depends on anyone else's randomn
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,15 @@ class OnlineSamples:
     @property
     def clipped_ratio(self) -> float:
         return sum(self.clipped) / max(len(self.clipped), 1)
+
+    def split(self, prompt_counts: list[int]) -> list["OnlineSamples"]:
+        """Consecutive groups of prompts (with their k samples each): one per micro-batch."""
+        parts, start = [], 0
+        for n in prompt_counts:
+            rows = slice(start * self.k, (start + n) * self.k)
+            parts.append(OnlineSamples(self.prompt_ids[rows], self.response_ids[rows], self.clipped[rows], self.k))
+            start += n
+        return parts
 
 
 def samples_unbiased(settings_unbiased: bool, clipped_ratio: float) -> bool:
@@ -56,6 +66,7 @@ class OnlineSampler:
             raise ValueError("online sampling needs a stop token: the tokenizer has no eos_token.")
         self.stop_token_ids = stops
         self.generator = torch.Generator().manual_seed(seed)
+        self.last_timing: dict | None = None  # of the last `sample` call: see `_timing`
 
     @property
     def unbiased(self) -> bool:
@@ -91,10 +102,12 @@ class OnlineSampler:
             do_sample=False, max_new_tokens=self.max_new_tokens, num_beams=1,
             pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
         processor = GumbelMaxSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
+        started = time.perf_counter()
         with bare_generation_config(model), eval_mode(model):
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  generation_config=gen_config,
                                  logits_processor=LogitsProcessorList([processor]))
+        self.last_timing = _timing(started, processor.call_times, [len(r) for r in rows])
         new_tokens = out[:, width:].tolist()
         responses, clipped = [], []
         for tokens in new_tokens:
@@ -109,6 +122,20 @@ class OnlineSampler:
             return self.generator
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         return torch.Generator(device=device).manual_seed(seed)
+
+
+def _timing(started: float, call_times: list[float], prompt_lens: list[int]) -> dict:
+    """Prefill and decode wall time of one ``generate`` call, from the times at which the logits
+    processor ran (once per new token, right after the forward that produced its logits).
+
+    prefill_s: start → first processor call (the prompt forward); decode_s: first → last call,
+    which spans ``decode_steps`` = calls − 1 single-token forwards (with their per-token overhead).
+    On an accelerator the processor's clock follows the host, which waits for each token's logits.
+    """
+    first = call_times[0] if call_times else started
+    return {"rows": len(prompt_lens), "prompt_lens": prompt_lens, "prefill_s": first - started,
+            "decode_s": (call_times[-1] - first) if call_times else 0.0,
+            "decode_steps": max(len(call_times) - 1, 0)}
 
 
 @contextlib.contextmanager
@@ -147,10 +174,12 @@ class GumbelMaxSampling:
         from transformers import TopKLogitsWarper, TopPLogitsWarper
 
         self.generator, self.temperature = generator, temperature
+        self.call_times: list[float] = []  # perf_counter at every call (timing only)
         self.warpers = ([TopKLogitsWarper(top_k)] if top_k > 0 else []) + (
             [TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.call_times.append(time.perf_counter())
         scores = scores.float()
         if self.temperature != 1.0:
             scores = scores / self.temperature

@@ -305,7 +305,7 @@ class Trainer:
 
     # ---- one micro-batch ----------------------------------------------------------------------
     def _micro_step(self, indices: list[int], prompts: list[list[int]] | None, ref: torch.Tensor,
-                    pairs: list[TokenizedPair], backward=None) -> tuple[torch.Tensor, dict]:
+                    pairs: list[TokenizedPair], backward=None, presampled=None) -> tuple[torch.Tensor, dict]:
         """Loss value and metrics (sums over the micro-batch) for pairs[indices] and online prompts.
 
         Training (``backward`` given: callable(loss, last)): the pairs' forward and backward run
@@ -317,7 +317,7 @@ class Trainer:
         samples = None
         if prompts is not None:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
-                samples = self.sampler.sample(full_model, prompts)
+                samples = presampled or self.sampler.sample(full_model, prompts)
                 with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
                     if cfg.kl_estimator == "seq":
                         ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
@@ -415,6 +415,17 @@ class Trainer:
             self.kl_coef = kl_coef_at(cfg.kl_coef, cfg.kl_coef_schedule,
                                       self.step / max(1, self.total_steps - 1), cfg.kl_coef_final)
 
+    def _sample_step(self, prompts: list[list[list[int]] | None]) -> list:
+        """Samples of every micro-batch of the step from ONE ``generate`` call (the weights do not
+        change within a step, so each row is still an exact draw from the current π): more rows
+        per decode step, the same weight reads. One entry per micro-batch, None where it samples
+        by itself (vLLM keeps its own batching; single micro-batch steps are unchanged)."""
+        if len(prompts) < 2 or any(p is None for p in prompts) or type(self.sampler) is not OnlineSampler:
+            return [None] * len(prompts)
+        with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():
+            samples = self.sampler.sample(full_model, [x for p in prompts for x in p])
+        return samples.split([len(p) for p in prompts])
+
     def _online_prompts(self, micro: int, indices: list[int]) -> list[list[int]] | None:
         if not self.hypo:
             return None
@@ -459,11 +470,14 @@ class Trainer:
                     totals: dict[str, float] = {}
                     losses = []
                     self._step_samples, self._step_records = [], []
+                    plan = []  # (indices, online prompts) of every micro-batch of the step
                     for micro in range(accum):
                         m = self.step * accum + micro  # global micro-batch counter (data cursor)
                         start = m * self.global_batch + acc.process_index * b
                         indices = self.pairs_stream.take(start, b)
-                        prompts = self._online_prompts(m, indices)
+                        plan.append((indices, self._online_prompts(m, indices)))
+                    presampled = self._sample_step([p for _, p in plan])
+                    for micro, ((indices, prompts), online) in enumerate(zip(plan, presampled)):
                         sync = micro == accum - 1
 
                         def backward(part, last, sync=sync):  # gradients sync on the step's last
@@ -471,7 +485,8 @@ class Trainer:
                                 acc.backward(part / accum)
 
                         loss, stats = self._micro_step(indices, prompts, self.ref_train,
-                                                       self.data.train, backward=backward)
+                                                       self.data.train, backward=backward,
+                                                       presampled=online)
                         losses.append(float(loss.detach()))
                         for k, v in stats.items():
                             totals[k] = totals.get(k, 0.0) + v

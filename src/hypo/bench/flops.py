@@ -99,3 +99,43 @@ def hypo_step_flops(shape: ModelShape, pair_seq_lens: list[int], prompt_lens: li
     dpo = dpo_step_flops(shape, pair_seq_lens)
     return {"dpo": dpo, "generate": gen, "train_samples": train_samples, "reference_samples": ref_samples,
             "total": dpo + gen + train_samples + ref_samples}
+
+
+# ---- decode roofline ---------------------------------------------------------------------------
+#
+# A step of KV-cached sampling over R rows reads every weight matrix once (N·bytes, the LM head
+# included; the input embedding is a lookup of R rows) and each row's KV cache
+# (2·L·h_kv·d_h·context values), and does R·(2·N + attention) FLOPs. Its time cannot be below
+# max(bytes / bandwidth, FLOPs / peak): the roofline bound, with bandwidth (a large copy) and the
+# matmul peak measured on the same machine in the same run. Prefill is the same over the prompts
+# (all positions at once; logits at the last position only, as ``generate`` does).
+
+def kv_values(shape: ModelShape, context: float) -> float:
+    """KV-cache values of one row at this context length (K and V, every layer)."""
+    return 2.0 * shape.num_layers * shape.num_kv_heads * shape.head_dim * context
+
+
+def roofline_s(flops: float, nbytes: float, peak: float, bandwidth: float) -> float:
+    return max(nbytes / bandwidth, flops / peak)
+
+
+def decode_bound_s(shape: ModelShape, prompt_lens: list[int], steps: int, peak: float, bandwidth: float,
+                   dtype_bytes: int = 4) -> float:
+    """Roofline bound of ``steps`` decode steps over rows with these prompt lengths (step t: each
+    row's context is prompt + t; every row is computed at every step, as ``generate`` does)."""
+    weights = shape.matmul_params * dtype_bytes
+    total = 0.0
+    for t in range(1, steps + 1):
+        flops = sum(2.0 * shape.matmul_params + shape._attn * (p + t) for p in prompt_lens)
+        nbytes = weights + sum(kv_values(shape, p + t) for p in prompt_lens) * dtype_bytes
+        total += roofline_s(flops, nbytes, peak, bandwidth)
+    return total
+
+
+def prefill_bound_s(shape: ModelShape, prompt_lens: list[int], peak: float, bandwidth: float,
+                    dtype_bytes: int = 4) -> float:
+    """Roofline bound of the prompt forward (KV written, logits at the last position only)."""
+    head = 2.0 * shape.hidden_size * shape.vocab_size
+    flops = sum(shape.forward(p) - head * max(p - 1, 0) for p in prompt_lens)
+    nbytes = (shape.matmul_params + sum(kv_values(shape, p) for p in prompt_lens)) * dtype_bytes
+    return roofline_s(flops, nbytes, peak, bandwidth)

