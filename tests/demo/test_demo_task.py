@@ -69,7 +69,7 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
     results = run_demo(tmp_path, settings, disable_progress_bar=True)
     write_report(results, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["regimes"]) == {"partial", "global"}
+    assert set(saved["regimes"]) == {"partial", "global", "truly_global"}
     assert saved["settings"]["steps"] == 4
     for regime in saved["regimes"].values():
         assert 0 <= regime["coverage"] <= 1
@@ -82,6 +82,7 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
     # partial covers a subset of the kinds, so never more of π_ref's mass (equal when the miniature
     # π_ref, trained for 20 steps, says nothing grammatical yet)
     assert saved["regimes"]["partial"]["coverage"] <= saved["regimes"]["global"]["coverage"]
+    assert saved["regimes"]["truly_global"]["coverage"] == 1.0  # out-of-grammar samples count as covered
     curves = saved["curves"]["partial"]["hypo"][0]
     assert [row["step"] for row in curves] == [0, 2, 4]
     assert curves[0]["eval_gold/kl"] == 0.0  # policy == π_ref before training
