@@ -64,7 +64,7 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build, "SFT", {"examples": 256, "steps": 20, "batch_size": 32,
                                        "learning_rate": 3e-3})
-    settings = DemoSettings(seeds=(0, 1), steps=4, n_pairs=48, eval_every=2, batch_size=8,
+    settings = DemoSettings(seeds=(0, 1), steps=4, n_pairs=48, n_eval_pairs=8, eval_every=2, batch_size=8,
                             eval_samples_per_prompt=2)
     results = run_demo(tmp_path, settings, disable_progress_bar=True)
     write_report(results, tmp_path)

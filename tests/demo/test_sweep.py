@@ -97,3 +97,26 @@ def test_miniature_sweep_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     text = report.read_text()
     assert "at every seed" in text and "stays flat" in text and "HyPO (analytic KL)" in text
+
+
+def test_cli_sweep_runs_every_level_and_method_with_shared_settings(tmp_path, monkeypatch):
+    """`hypo demo --sweep` hands run_demo the sweep's settings (CLI overrides kept) and reports."""
+    import hypo.demo.run as run
+    from hypo.cli import main
+
+    seen = {}
+
+    def fake_run_demo(out, settings, disable_progress_bar=False):
+        seen["settings"] = settings
+        regimes = {r: {"coverage": 0.2 * (i + 1), "covered_kinds": ["looks"],
+                       **{m: _result([0.5, 0.5], [0.6, 0.6])["hypo"] for m in settings.methods}}
+                   for i, r in enumerate(settings.regimes)}
+        return {"settings": {**settings.__dict__, "methods": {m: run.METHODS[m] for m in settings.methods}},
+                "regimes": regimes}
+
+    monkeypatch.setattr(run, "run_demo", fake_run_demo)
+    assert main(["demo", "--sweep", "--out", str(tmp_path), "--steps", "40", "--seeds", "3", "4"]) == 0
+    s = seen["settings"]
+    assert s.regimes == tuple(SWEEP_REGIMES) and s.methods == ("dpo", "hypo", "hypo_analytic")
+    assert s.seeds == (3, 4) and s.steps == 40 and s.eval_every == 40
+    assert (tmp_path / "sweep.png").exists() and "at every seed" in (tmp_path / "sweep.md").read_text()
