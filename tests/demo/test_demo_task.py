@@ -64,12 +64,12 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build, "SFT", {"examples": 256, "steps": 20, "batch_size": 32,
                                        "learning_rate": 3e-3})
-    settings = DemoSettings(seeds=(0, 1), steps=4, n_pairs=48, eval_every=2, batch_size=8,
+    settings = DemoSettings(seeds=(0, 1), steps=4, n_pairs=48, n_eval_pairs=8, eval_every=2, batch_size=8,
                             eval_samples_per_prompt=2)
     results = run_demo(tmp_path, settings, disable_progress_bar=True)
     write_report(results, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["regimes"]) == {"partial", "global"}
+    assert set(saved["regimes"]) == {"partial", "global", "truly_global"}
     assert saved["settings"]["steps"] == 4
     for regime in saved["regimes"].values():
         assert 0 <= regime["coverage"] <= 1
@@ -82,6 +82,7 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
     # partial covers a subset of the kinds, so never more of π_ref's mass (equal when the miniature
     # π_ref, trained for 20 steps, says nothing grammatical yet)
     assert saved["regimes"]["partial"]["coverage"] <= saved["regimes"]["global"]["coverage"]
+    assert saved["regimes"]["truly_global"]["coverage"] == 1.0  # out-of-grammar samples count as covered
     curves = saved["curves"]["partial"]["hypo"][0]
     assert [row["step"] for row in curves] == [0, 2, 4]
     assert curves[0]["eval_gold/kl"] == 0.0  # policy == π_ref before training

@@ -8,8 +8,10 @@ import numpy as np
 
 from .task import KIND_NAMES
 
-COLORS = {"dpo": "tab:red", "hypo": "tab:blue"}
-LABELS = {"dpo": "DPO", "hypo": "HyPO"}
+COLORS = {"dpo": "tab:red", "hypo": "tab:blue", "hypo_analytic": "tab:green"}
+LABELS = {"dpo": "DPO", "hypo": "HyPO", "hypo_analytic": "HyPO (analytic KL)"}
+REGIME_TITLES = {"one_kind": "one kind", "partial": "partial", "three_kinds": "three kinds",
+                 "global": "global (grammar)", "truly_global": "truly global"}
 ROWS = (("gold_reward", "gold reward", "{:+.3f}"), ("win_rate", "win rate vs π_ref", "{:.3f}"),
         ("kl", "reverse KL(π‖π_ref)", "{:.3f}"), ("ood_rate", "out-of-support share", "{:.3f}"))
 
@@ -26,12 +28,13 @@ def print_table(results: dict) -> None:
     table = Table(title=escape("hypo demo: final evaluation on held-out prompts — median [min, max] over seeds"))
     table.add_column("coverage")
     table.add_column("metric")
-    for method in ("dpo", "hypo"):
-        table.add_column(LABELS[method], justify="right")
+    methods = results["settings"]["methods"]
+    for method in methods:
+        table.add_column(LABELS.get(method, method), justify="right")
     for regime, res in results["regimes"].items():
         for i, (key, name, fmt) in enumerate(ROWS):
             label = f"{regime} ({res['coverage']:.2f})" if i == 0 else ""
-            table.add_row(label, name, *(escape(cell(res[m][key], fmt)) for m in ("dpo", "hypo") if m in res))
+            table.add_row(label, name, *(escape(cell(res[m][key], fmt)) for m in methods))
         table.add_section()
     Console().print(table)
 
@@ -78,46 +81,73 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
+def wins_at_every_seed(res: dict, method: str, other: str = "dpo") -> tuple[int, int]:
+    """(seeds where `method`'s gold win rate ≥ `other`'s at the same seed, seeds)."""
+    a, b = res[method]["win_rate"]["per_seed"], res[other]["win_rate"]["per_seed"]
+    return sum(x >= y for x, y in zip(a, b)), len(a)
+
+
+def end_close(res: dict, method: str, other: str = "dpo", tol: float = 0.05) -> tuple[bool, str]:
+    """The issue's 'the two end close': gold-reward ranges overlap and medians within `tol`."""
+    gd, gh = res[other]["gold_reward"], res[method]["gold_reward"]
+    overlap = gd["min"] <= gh["max"] and gh["min"] <= gd["max"]
+    gap = abs(gd["median"] - gh["median"])
+    return overlap and gap <= tol, (f"{LABELS[other]} {gd['median']:+.3f} vs {LABELS.get(method, method)} "
+                                    f"{gh['median']:+.3f}, gap {gap:.3f}, ranges "
+                                    f"{'overlap' if overlap else 'do not overlap'}")
+
+
 def verdicts(results: dict) -> list[str]:
-    """The paper's predictions checked against the medians (stated, never tuned for)."""
+    """The paper's predictions checked against the results (stated, never tuned for)."""
     lines = []
-    part, glob = results["regimes"].get("partial"), results["regimes"].get("global")
+    regimes = results["regimes"]
+    part, glob, true = (regimes.get(r) for r in ("partial", "global", "truly_global"))
     if part and "dpo" in part and "hypo" in part:
         kd, kh = part["dpo"]["kl"]["median"], part["hypo"]["kl"]["median"]
         wd, wh = part["dpo"]["win_rate"]["median"], part["hypo"]["win_rate"]["median"]
         lines.append(f"Partial coverage, reverse KL: DPO {kd:.2f} vs HyPO {kh:.2f} — prediction "
                      f"'DPO far beyond HyPO' {'holds' if kd > 2 * kh else 'does NOT hold'} (ratio {kd / max(kh, 1e-9):.1f}×).")
-        lines.append(f"Partial coverage, gold win rate: DPO {wd:.3f} vs HyPO {wh:.3f} — prediction "
-                     f"'HyPO ≥ DPO' {'holds' if wh >= wd else 'does NOT hold'}.")
-    if glob and "dpo" in glob and "hypo" in glob:
-        gd, gh = glob["dpo"]["gold_reward"], glob["hypo"]["gold_reward"]
-        overlap = gd["min"] <= gh["max"] and gh["min"] <= gd["max"]
-        lines.append(f"Global coverage, gold reward: DPO {gd['median']:+.3f} vs HyPO {gh['median']:+.3f} "
-                     f"(ranges {'overlap' if overlap else 'do not overlap'}) — prediction 'the two end close' "
-                     f"{'holds' if overlap else 'does NOT hold'}.")
+        won, n = wins_at_every_seed(part, "hypo")
+        lines.append(f"Partial coverage, gold win rate: DPO {wd:.3f} vs HyPO {wh:.3f} (medians); HyPO ≥ DPO "
+                     f"at {won} of {n} seeds — prediction 'HyPO ≥ DPO at every seed' "
+                     f"{'holds' if won == n else 'does NOT hold'}.")
+    for name, res in (("Global (grammar)", glob), ("Truly global", true)):
+        if res and "dpo" in res and "hypo" in res:
+            ok, text = end_close(res, "hypo")
+            lines.append(f"{name} coverage, gold reward: {text} — prediction 'the two end close' "
+                         f"{'holds' if ok else 'does NOT hold'}.")
+    return lines
+
+
+def markdown_table(results: dict) -> list[str]:
+    methods = results["settings"]["methods"]
+    lines = ["| coverage | metric | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for regime, res in results["regimes"].items():
+        for i, (key, name, fmt) in enumerate(ROWS):
+            label = f"{regime} ({res['coverage']:.2f}; kinds: {', '.join(res['covered_kinds'])})" if i == 0 else ""
+            lines.append(f"| {label} | {name} | " + " | ".join(cell(res[m][key], fmt) for m in methods) + " |")
     return lines
 
 
 def write_report(results: dict, out: Path) -> Path:
     figure = plot(results, out / "demo.png")
     s = results["settings"]
-    lines = ["# hypo demo: DPO vs HyPO under partial and global coverage", "",
+    lines = ["# hypo demo: DPO vs HyPO under partial, global and truly global coverage", "",
              "Task: prompts about 8 topics; the response grammar answers with one of four kinds "
              f"({', '.join(KIND_NAMES)}), 2-4 words of that kind's vocabulary and '.'. Gold reward: "
              "a seeded per-topic ranking of the kinds (1.0 / 0.6 / 0.3 / 0.0); anything outside "
              "the grammar scores −1. Offline pairs come from the grammar restricted to the covered "
-             "kinds, labelled by Bradley–Terry on the gold reward. Coverage = share of π_ref's "
-             "samples on held-out prompts whose kind appears in the data.", "",
+             "kinds, labelled by Bradley–Terry on the gold reward; under truly global coverage a "
+             "quarter of the pairs set a grammatical response against an ungrammatical one, so the "
+             "data also covers what lies outside the grammar. Coverage = share of π_ref's samples on "
+             "held-out prompts whose kind (or, for truly global, non-grammaticality) appears in the data.", "",
              f"Shared settings: β = {s['beta']}, learning rate {s['learning_rate']} (constant), "
              f"batch {s['batch_size']} pairs, {s['steps']} steps, {s['n_pairs']} pairs, seeds {list(s['seeds'])}. "
              f"HyPO only: λ (kl_coef) = {s['kl_coef']}, k = {s['num_online_samples']} samples per prompt, "
              f"max_new_tokens {s['max_new_tokens']}. Evaluation: {s['eval_samples_per_prompt']} samples "
              "per held-out prompt, temperature 1.", "",
-             "| coverage | metric | DPO | HyPO |", "|---|---|---|---|"]
-    for regime, res in results["regimes"].items():
-        for i, (key, name, fmt) in enumerate(ROWS):
-            label = f"{regime} ({res['coverage']:.2f}; kinds: {', '.join(res['covered_kinds'])})" if i == 0 else ""
-            lines.append(f"| {label} | {name} | {cell(res['dpo'][key], fmt)} | {cell(res['hypo'][key], fmt)} |")
+             *markdown_table(results)]
     lines += ["", "Cells: median [min, max] over seeds.", "", "## What the paper predicts, and what happened", ""]
     lines += [f"- {v}" for v in verdicts(results)]
     lines += ["", f"![training curves]({figure.name})", "",

@@ -1,7 +1,8 @@
-"""`hypo demo`: DPO vs HyPO under partial and global coverage on a task with a gold reward.
+"""`hypo demo`: DPO vs HyPO under partial, global and truly global coverage on a task with a
+gold reward (``--sweep``: five coverage levels, five seeds, HyPO with two KL estimators).
 
 Every run goes through hypo's own Trainer from the same π_ref with the same β, learning rate,
-batch and steps; HyPO adds only its own knobs (kl_coef λ, k samples per prompt).
+batch and steps; HyPO adds only its own knobs (kl_coef λ, k samples per prompt, KL estimator).
 """
 
 from __future__ import annotations
@@ -18,19 +19,28 @@ from ..tiny import write_jsonl
 from ..tracking import read_metrics
 from .build import MODEL_SHAPE, SFT, build_tokenizer, reference_model
 from .evaluate import GoldEvaluator
-from .task import COVERAGE_REGIMES, KIND_NAMES, Task
+from .task import COVERAGE_REGIMES, KIND_NAMES, OUT, SWEEP_REGIMES, Task
 
 METRICS = {"gold_reward": "gold/reward", "win_rate": "gold/win_rate", "kl": "gold/kl",
            "ood_rate": "gold/ood_rate"}
+# Each method is a set of TrainConfig fields on top of the shared ones (nothing else differs).
+METHODS = {"dpo": {"algo": "dpo"}, "hypo": {"algo": "hypo", "kl_estimator": "seq"},
+           "hypo_analytic": {"algo": "hypo", "kl_estimator": "analytic"}}
+REGIMES = {**SWEEP_REGIMES, **COVERAGE_REGIMES}
+
+
+def kind_names(kinds: tuple) -> list[str]:
+    return [KIND_NAMES[k] if k is not OUT else "out-of-grammar" for k in kinds]
 
 
 @dataclass
 class DemoSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     task_seed: int = 0
-    regimes: tuple[str, ...] = ("partial", "global")
+    regimes: tuple[str, ...] = ("partial", "global", "truly_global")
     methods: tuple[str, ...] = ("dpo", "hypo")
     n_pairs: int = 1024
+    n_eval_pairs: int = 256  # held-out pairs (their log-probs are logged at every evaluation)
     steps: int = 150
     batch_size: int = 16
     beta: float = 0.1
@@ -51,7 +61,7 @@ def train_one(settings: DemoSettings, task: Task, ref_dir: Path, data: Path, eva
     cfg = TrainConfig(
         model_name_or_path=str(ref_dir), dataset_name=str(data), eval_dataset_name=str(eval_data),
         overwrite_output_dir=True,  # the demo owns its folders
-        output_dir=str(out), ref_cache_dir=str(out.parent.parent / "cache"), algo=method,
+        output_dir=str(out), ref_cache_dir=str(out.parent.parent / "cache"), **METHODS[method],
         beta=settings.beta, learning_rate=settings.learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=settings.batch_size, max_steps=settings.steps,
         kl_coef=settings.kl_coef, num_online_samples=settings.num_online_samples,
@@ -80,16 +90,17 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, disable_progress_bar: 
     tokenizer = build_tokenizer()
     results = {"settings": {**asdict(settings), "model_shape": MODEL_SHAPE, "reference_sft": SFT,
                             "kind_names": KIND_NAMES,
-                            "coverage_kinds": {r: COVERAGE_REGIMES[r] for r in settings.regimes}},
+                            "coverage_kinds": {r: kind_names(REGIMES[r]) for r in settings.regimes},
+                            "methods": {m: METHODS[m] for m in settings.methods}},
                "regimes": {}, "curves": {}}
     total = len(settings.regimes) * len(settings.methods) * len(settings.seeds)
     done = 0
     for regime in settings.regimes:
-        kinds = COVERAGE_REGIMES[regime]
+        kinds = REGIMES[regime]
         data = write_jsonl(task.preference_pairs(settings.n_pairs, kinds, seed=1), out / "data" / f"{regime}.jsonl")
-        eval_data = write_jsonl(task.preference_pairs(256, kinds, seed=2, prompts=task.eval_prompts),
+        eval_data = write_jsonl(task.preference_pairs(settings.n_eval_pairs, kinds, seed=2, prompts=task.eval_prompts),
                                 out / "data" / f"{regime}-eval.jsonl")
-        regime_result = {"covered_kinds": [KIND_NAMES[k] for k in kinds]}
+        regime_result = {"covered_kinds": kind_names(kinds)}
         for method in settings.methods:
             finals = {name: [] for name in METRICS}
             for seed in settings.seeds:
@@ -111,4 +122,10 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, disable_progress_bar: 
         results["regimes"][regime] = regime_result
     results["settings"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary(results), indent=1) + "\n")
     return results
+
+
+def summary(results: dict) -> dict:
+    """results without the training curves: small enough to keep next to the docs."""
+    return {k: v for k, v in results.items() if k != "curves"}
