@@ -133,6 +133,15 @@ def test_help_prints_each_default_once(capsys, monkeypatch):
     assert "(default: 16)" in blocks["--lora_r"]
 
 
+@pytest.mark.parametrize("command", ["eval", "coverage", "bench", "gguf"])
+def test_other_commands_print_each_default_once(capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "400")
+    text = help_text(capsys, command)
+    assert "(default: None)" not in text
+    for flag, block in option_help(text).items():
+        assert block.count("(default") <= 1, block
+
+
 def test_help_describes_the_new_behaviour(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")
     blocks = option_help(help_text(capsys, "train"))

