@@ -441,6 +441,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         out_dir = Path(cfg.output_dir)
         check_output_dir(cfg)  # again here: resume_from_checkpoint may have been set since __init__
+        acc.wait_for_everyone()  # every process checks before the main one writes anything
         if cfg.resume_from_checkpoint:
             if cfg.overwrite_output_dir:
                 console.print("overwrite_output_dir is ignored: resume_from_checkpoint continues the run.")
