@@ -108,6 +108,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import transformers
 
     from .demo.report import print_table, verdicts, write_report
@@ -128,26 +130,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .demo.sweep import sweep_settings, sweep_verdicts, write_sweep_report
 
         settings = sweep_settings(settings, overrides.get("seeds"))
-        console.print(f"[bold]hypo demo --sweep[/]: {len(settings.regimes)} coverage levels × "
-                      f"{len(settings.methods)} methods × seeds {list(settings.seeds)}; results in {args.out}/")
-        results = run_demo(args.out, settings)
-        print_table(results)
-        report = write_sweep_report(results, __import__("pathlib").Path(args.out))
-        for line in sweep_verdicts(results):
-            console.print(f"  • {line}")
-        console.print(f"[green]wrote[/] {args.out}/results.json, summary.json, {report} and sweep.png")
-        return 0
-    console.print(f"[bold]hypo demo[/]: DPO vs HyPO, partial, global and truly global coverage, seeds "
-                  f"{list(settings.seeds)}; results in {args.out}/")
+        title = (f"[bold]hypo demo --sweep[/]: {len(settings.regimes)} coverage levels × "
+                 f"{len(settings.methods)} methods × seeds {list(settings.seeds)}")
+        write, judge, written = write_sweep_report, sweep_verdicts, "summary.json, {report} and sweep.png"
+    else:
+        title = (f"[bold]hypo demo[/]: DPO vs HyPO, partial, global and truly global coverage, seeds "
+                 f"{list(settings.seeds)}")
+        write, judge, written = write_report, verdicts, "{report} and " + f"{args.out}/demo.png"
+    console.print(f"{title}; results in {args.out}/")
     results = run_demo(args.out, settings)
     print_table(results)
-    report = write_report(results, __import__("pathlib").Path(args.out))
-    for line in verdicts(results):
+    report = write(results, Path(args.out))
+    for line in judge(results):
         console.print(f"  • {line}")
-    if len(settings.seeds) == 1:
+    if len(settings.seeds) == 1 and not args.sweep:
         console.print("  (one seed: single runs vary a lot — the default three seeds give the medians "
                       "that docs/demo.md discusses)")
-    console.print(f"[green]wrote[/] {args.out}/results.json, {report} and {args.out}/demo.png")
+    console.print(f"[green]wrote[/] {args.out}/results.json, " + written.format(report=report))
     return 0
 
 

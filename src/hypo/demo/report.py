@@ -46,14 +46,18 @@ def curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.
     return steps, np.nanmedian(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
 
 
-def plot(results: dict, path: Path) -> Path:
+PANELS = (("eval_gold/kl", "reverse KL(π‖π_ref)"), ("eval_gold/win_rate", "gold win rate vs π_ref"),
+          ("eval_gold/ood_rate", "share of samples out of support"), ("logps", "log-probs of held-out data pairs"))
+
+
+def plot(results: dict, path: Path, panels: tuple = PANELS) -> Path:
+    """One row per regime, one column per (metric key, title) panel: median and min–max over seeds
+    against the step. The key "logps" draws the held-out chosen and rejected log-probs together."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("eval_gold/kl", "reverse KL(π‖π_ref)"), ("eval_gold/win_rate", "gold win rate vs π_ref"),
-              ("eval_gold/ood_rate", "share of samples out of support"), ("logps", "log-probs of held-out data pairs"))
     regimes = list(results["curves"])
     fig, axes = plt.subplots(len(regimes), len(panels), figsize=(4.2 * len(panels), 3.3 * len(regimes)),
                              squeeze=False)

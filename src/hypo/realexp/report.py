@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..demo.report import COLORS, LABELS, ROWS, cell, curve, verdicts
+from ..demo.report import LABELS, ROWS, cell, plot, verdicts
 
 QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 6, "eval_prompts": 16}
 
@@ -22,34 +22,8 @@ def table_lines(results: dict) -> list[str]:
     return lines
 
 
-def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (("eval_gold/reward", "gold reward"), ("eval_gold/win_rate", "gold win rate vs π_ref"),
-              ("eval_gold/kl", "reverse KL(π‖π_ref)"), ("eval_gold/ood_rate", "share outside the data's kinds"))
-    regimes = list(results["curves"])
-    fig, axes = plt.subplots(len(regimes), len(panels), figsize=(4 * len(panels), 3.2 * len(regimes)),
-                             squeeze=False)
-    for r, regime in enumerate(regimes):
-        cov = results["regimes"][regime]["coverage"]
-        for c, (key, title) in enumerate(panels):
-            ax = axes[r][c]
-            for method, runs in results["curves"][regime].items():
-                steps, med, lo, hi = curve(runs, key)
-                ax.plot(steps, med, "-o", ms=3, color=COLORS.get(method), label=LABELS.get(method, method))
-                ax.fill_between(steps, lo, hi, color=COLORS.get(method), alpha=0.15)
-            ax.set_title(f"{title}\n{regime} coverage ({cov:.2f})", fontsize=9)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            if r == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+PANELS = (("eval_gold/reward", "gold reward"), ("eval_gold/win_rate", "gold win rate vs π_ref"),
+          ("eval_gold/kl", "reverse KL(π‖π_ref)"), ("eval_gold/ood_rate", "share outside the data's kinds"))
 
 
 def sample_lines(results: dict, per_policy: int = 4) -> list[str]:
@@ -68,7 +42,7 @@ def sample_lines(results: dict, per_policy: int = 4) -> list[str]:
 
 
 def write_report(results: dict, out: Path) -> Path:
-    figure = plot(results, out / "realexp.png")
+    figure = plot(results, out / "realexp.png", PANELS)
     s, ref = results["settings"], results["reference"]
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in ref["eval_kinds"].items())
     lines = ["# hypo realexp: DPO vs HyPO on SmolLM2-135M-Instruct under partial and global coverage", "",
