@@ -198,6 +198,13 @@ def test_sampler_times_prefill_and_every_decode_step(tiny):
     t = sampler.last_timing
     assert t["rows"] == 4 and t["prompt_lens"] == [2, 2, 3, 3] and t["decode_steps"] == 5
     assert t["prefill_s"] > 0 and t["decode_s"] > 0
+    from hypo.packed_linear import available
+
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert t["packed_layers"] == (linears if available() else 0)  # every layer packed (2·7 + head)
+    sampler.packed = False
+    sampler.sample(model, prompts)
+    assert sampler.last_timing["packed_layers"] == 0
 
 
 def test_one_generate_call_per_optimizer_step_for_all_micro_batches(base_config):

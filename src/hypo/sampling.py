@@ -107,11 +107,12 @@ class OnlineSampler:
         processor = InverseCdfSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
         started = time.perf_counter()
         with bare_generation_config(model), eval_mode(model), \
-                packed_linears(model, rows=len(rows), enabled=self.packed):
+                packed_linears(model, rows=len(rows), enabled=self.packed) as packed_layers:
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  generation_config=gen_config,
                                  logits_processor=LogitsProcessorList([processor]))
-        self.last_timing = _timing(started, processor.call_times, [len(r) for r in rows])
+        self.last_timing = {**_timing(started, processor.call_times, [len(r) for r in rows]),
+                            "packed_layers": packed_layers}
         new_tokens = out[:, width:].tolist()
         responses, clipped = [], []
         for tokens in new_tokens:
