@@ -78,6 +78,22 @@ def test_what_is_not_a_plain_linear_map_keeps_its_own_forward(tiny):
         assert count == 0
 
 
+def test_a_module_with_its_own_forward_wrapper_keeps_it(tiny):
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"]).eval()
+    head = model.lm_head
+    calls = []
+
+    def hooked(x, _forward=head.forward):  # as accelerate's add_hook_to_module installs
+        calls.append(1)
+        return _forward(x)
+
+    head.forward = hooked
+    with packed_linears(model, rows=2) as count:
+        logits(model)
+    assert count == sum(type(m) is torch.nn.Linear for m in model.modules()) - 1
+    assert head.forward is hooked and calls == [1]
+
+
 def test_training_mode_lora_is_not_packed(tiny):
     model = lora_model(tiny, lora_dropout=0.5).train()
     with packed_linears(model, rows=2):

@@ -47,6 +47,8 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True):
         if enabled and not torch.is_autocast_enabled("cpu") and available():
             with torch.no_grad():
                 for module in model.modules():
+                    if "forward" in vars(module):  # already wrapped (accelerate's hooks): not ours to replace
+                        continue
                     weight_and_bias = _effective_weight(module)
                     if weight_and_bias is None:
                         continue
