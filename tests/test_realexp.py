@@ -52,6 +52,20 @@ def test_prompts_are_several_hundred_with_a_disjoint_held_out_split():
     assert len(train) + len(ev) == len(task.all_prompts()) >= 300
     assert not set(train) & set(ev) and len(ev) == len(task.all_prompts()) // 4
     assert task.split_prompts(seed=0) == (train, ev)
+    # no prompt repeats a question of the chat history
+    assert not {q for q, _ in task.SHOTS} & set(task.all_prompts())
+    assert not any(t in q for q, _ in task.SHOTS for t in task.TOPICS)
+
+
+def test_chat_history_shows_every_finished_kind_before_the_question():
+    """The SHOTS history is what makes π_ref answer in every finished kind: its answers are one
+    short, one long and one word (the word last), and every prompt ends with the user's question."""
+    msgs = task.chat_prompt("Describe rain in one word.")
+    assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "Describe rain in one word."}
+    answers = [m["content"] for m in msgs if m["role"] == "assistant"]
+    known = frozenset(w.lower() for a in answers for w in task.WORD_RE.findall(a))
+    assert [task.kind_of(a, False, known) for a in answers] == ["short", "long", "word"]
+    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * len(task.SHOTS)
 
 
 def _samples():
