@@ -26,6 +26,7 @@ METRICS = {"gold_reward": "gold/reward", "win_rate": "gold/win_rate", "kl": "gol
            "ood_rate": "gold/ood_rate"}
 
 
+EVAL_SEED = 2  # π_ref's eval samples and every policy's eval samples: the same draws
 MAX_PROMPT_LENGTH = 128  # system turn + the SHOTS history + the question: 100-106 tokens
 
 
@@ -112,7 +113,7 @@ def run_realexp(out_dir: str | Path, s: RealExpSettings) -> dict:
     train_samples = reference_samples(s.model, out / "cache", "train", train_prompts, s.samples_per_train_prompt,
                                       s.max_new_tokens, seed=1)
     ref_eval = reference_samples(s.model, out / "cache", "eval", eval_prompts, s.eval_samples_per_prompt,
-                                 s.max_new_tokens, seed=2)
+                                 s.max_new_tokens, seed=EVAL_SEED)
     tokenizer = AutoTokenizer.from_pretrained(s.model)
     results = {"settings": asdict(s), "reference": {
         "train_kinds": {k: sum(x["kind"] == k for x in train_samples) / len(train_samples) for k in KIND_NAMES},
@@ -135,7 +136,7 @@ def run_realexp(out_dir: str | Path, s: RealExpSettings) -> dict:
         data = write_jsonl(pairs, out / "data" / f"{regime}.jsonl")
         eval_data = write_jsonl(eval_pairs, out / "data" / f"{regime}-eval.jsonl")
         evaluator = RealGoldEvaluator(tokenizer, eval_prompts, ref_eval, kinds, s.eval_samples_per_prompt,
-                                      s.max_new_tokens)
+                                      s.max_new_tokens, seed=EVAL_SEED)
         res = {"covered_kinds": list(kinds), "coverage": coverage(ref_eval, kinds), "n_pairs": len(pairs)}
         console.print(f"[bold]{regime} coverage[/] ({res['coverage']:.2f}; kinds {', '.join(kinds)}): "
                       f"{len(pairs)} pairs")
