@@ -1,7 +1,7 @@
 """On-policy sampling for HyPO's KL term: k responses per prompt from the current weights.
 
 Uses transformers ``generate`` with its KV cache. Randomness comes from an explicit, seeded
-``torch.Generator`` owned by the sampler (its state is saved in checkpoints), through a Gumbel-max
+``torch.Generator`` owned by the sampler (its state is saved in checkpoints), through an inverse-CDF
 logits processor: sampling neither consumes nor depends on anyone else's randomness.
 """
 
@@ -55,7 +55,8 @@ class OnlineSampler:
     """
 
     def __init__(self, tokenizer, k: int, max_new_tokens: int, seed: int, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, stop_token_ids: list[int] | None = None):
+                 top_k: int = 0, top_p: float = 1.0, stop_token_ids: list[int] | None = None,
+                 packed: bool = True):
         self.tokenizer = tokenizer
         self.k, self.max_new_tokens = k, max_new_tokens
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -66,6 +67,7 @@ class OnlineSampler:
             raise ValueError("online sampling needs a stop token: the tokenizer has no eos_token.")
         self.stop_token_ids = stops
         self.generator = torch.Generator().manual_seed(seed)
+        self.packed = packed  # linear layers on prepacked oneDNN weights where possible (packed_linear)
         self.last_timing: dict | None = None  # of the last `sample` call: see `_timing`
 
     @property
@@ -85,6 +87,7 @@ class OnlineSampler:
         from transformers import GenerationConfig, LogitsProcessorList
 
         from .modeling import eval_mode
+        from .packed_linear import packed_linears
 
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
@@ -95,15 +98,16 @@ class OnlineSampler:
         for row, ids in enumerate(rows):  # left padding: generation continues at the right edge
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
-        # Sampling is done by our own logits processor (Gumbel-max with our generator), so
+        # Sampling is done by our own logits processor (inverse CDF with our generator), so
         # `generate` runs in its greedy mode and never touches the global RNG. The generation config
         # is hypo's own and inherits nothing: see `bare_generation_config`.
         gen_config = GenerationConfig(
             do_sample=False, max_new_tokens=self.max_new_tokens, num_beams=1,
             pad_token_id=pad, eos_token_id=self.stop_token_ids, use_cache=True)
-        processor = GumbelMaxSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
+        processor = InverseCdfSampling(self._generator_on(device), self.temperature, self.top_k, self.top_p)
         started = time.perf_counter()
-        with bare_generation_config(model), eval_mode(model):
+        with bare_generation_config(model), eval_mode(model), \
+                packed_linears(model, rows=len(rows), enabled=self.packed):
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  generation_config=gen_config,
                                  logits_processor=LogitsProcessorList([processor]))
@@ -161,12 +165,16 @@ def bare_generation_config(model: torch.nn.Module):
             m.generation_config = config
 
 
-class GumbelMaxSampling:
+class InverseCdfSampling:
     """A logits processor that turns greedy decoding into exact sampling from softmax(z / T).
 
-    argmax_v(z_v / T + G_v) with G_v = −log(−log U_v), U_v ~ Uniform(0, 1) i.i.d., is distributed as
-    softmax(z / T) (the Gumbel-max trick). Top-k / top-p truncation, when asked for, masks
-    logits first (and biases the KL estimate, as flagged in the config). Scores: (rows, V).
+    Per row, one U ~ Uniform(0, 1) picks the first token v whose cumulative probability
+    Σ_{w ≤ v} softmax(z / T)_w exceeds U · (the total): an exact draw (inverse-CDF sampling, the CDF
+    summed in float64 so that rounding stays far below any probability float32 logits can express).
+    The chosen token's score is 0 and every other's −inf, so greedy decoding takes it. One uniform
+    per row instead of one per vocabulary entry: the 49k-token draw of Gumbel-max noise cost more
+    (benchmarks/LOG.md). Top-k / top-p truncation, when asked for, masks logits first (and biases
+    the KL estimate, as flagged in the config). Scores: (rows, V).
     """
 
     def __init__(self, generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
@@ -185,5 +193,9 @@ class GumbelMaxSampling:
             scores = scores / self.temperature
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        u = torch.rand(scores.shape, generator=self.generator, device=scores.device)
-        return scores - torch.log(-torch.log(u.clamp_(min=1e-20)))
+        cdf = scores.softmax(-1).cumsum(-1, dtype=torch.float64)  # (rows, V)
+        u = torch.rand((scores.shape[0], 1), generator=self.generator, dtype=torch.float64,
+                       device=scores.device) * cdf[:, -1:]
+        # right=True: the first v with cdf_v > u, so a zero-probability token is never chosen
+        choice = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
