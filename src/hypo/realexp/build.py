@@ -49,7 +49,7 @@ def reference_samples(model_dir: str, cache_dir: Path, name: str, prompts: list[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key = fingerprint({"model": str(model_dir), "prompts": prompts, "m": m, "max_new_tokens": max_new_tokens,
-                       "seed": seed, "shots": chat_prompt("")[:-1], "v": 2})
+                       "seed": seed, "shots": chat_prompt("")[:-1], "v": 3})  # v3: inverse-CDF draws
     path = Path(cache_dir) / f"{name}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
