@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..demo.report import LABELS, ROWS, cell, plot, verdicts
 
-QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 12, "eval_prompts": 16}
+QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 12, "eval_prompts": 12}
 
 
 def table_lines(results: dict) -> list[str]:
