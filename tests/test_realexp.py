@@ -113,7 +113,8 @@ def test_evaluator_at_pi_ref_redraws_pi_ref_samples(tiny, monkeypatch):
     from hypo.realexp import build
     from hypo.realexp.evaluate import RealGoldEvaluator
 
-    monkeypatch.setattr(build, "kind_of", lambda text, clipped, known: ("word", "short", "long", "broken")[len(text) % 4])
+    monkeypatch.setattr(build, "kind_of",
+                        lambda text, clipped, known: ("word", "short", "long", "broken")[len(text) % 4])
     tok = AutoTokenizer.from_pretrained(tiny["model"])
     model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
     prompts = ["Describe rain in one word.", "Describe snow in one word.", "Describe tea in one word."]
