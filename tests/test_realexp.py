@@ -52,6 +52,20 @@ def test_prompts_are_several_hundred_with_a_disjoint_held_out_split():
     assert len(train) + len(ev) == len(task.all_prompts()) >= 300
     assert not set(train) & set(ev) and len(ev) == len(task.all_prompts()) // 4
     assert task.split_prompts(seed=0) == (train, ev)
+    # no prompt repeats a question of the chat history
+    assert not {q for q, _ in task.SHOTS} & set(task.all_prompts())
+    assert not any(t in q for q, _ in task.SHOTS for t in task.TOPICS)
+
+
+def test_chat_history_shows_every_finished_kind_before_the_question():
+    """The SHOTS history is what makes π_ref answer in every finished kind: its answers are one
+    short, one long and one word (the word last), and every prompt ends with the user's question."""
+    msgs = task.chat_prompt("Describe rain in one word.")
+    assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "Describe rain in one word."}
+    answers = [m["content"] for m in msgs if m["role"] == "assistant"]
+    known = frozenset(w.lower() for a in answers for w in task.WORD_RE.findall(a))
+    assert [task.kind_of(a, False, known) for a in answers] == ["short", "long", "word"]
+    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * len(task.SHOTS)
 
 
 def _samples():
@@ -87,11 +101,39 @@ def test_coverage_is_pi_ref_mass_on_covered_kinds_and_win_rate_counts_ties_half(
     assert win_rate([1.0, 0.5, -1.0], [0.5, 0.5, 0.0]) == pytest.approx(0.5)
 
 
+def test_evaluator_at_pi_ref_redraws_pi_ref_samples(tiny, monkeypatch):
+    """Common random numbers: the evaluator draws with π_ref's seed and batching, so the policy
+    π = π_ref gets exactly π_ref's samples back: win rate ½, the same gold reward, KL 0."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hypo.logprobs import sequence_logps
+    from hypo.realexp import build
+    from hypo.realexp.evaluate import RealGoldEvaluator
+
+    monkeypatch.setattr(build, "kind_of",
+                        lambda text, clipped, known: ("word", "short", "long", "broken")[len(text) % 4])
+    tok = AutoTokenizer.from_pretrained(tiny["model"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
+    prompts = ["Describe rain in one word.", "Describe snow in one word.", "Describe tea in one word."]
+    ref = build.sample_texts(model, tok, prompts, m=3, max_new_tokens=5, seed=7, batch_prompts=2)
+    assert len({x["text"] for x in ref}) > 1  # the draws differ: the test below can fail
+    ev = RealGoldEvaluator(tok, prompts, ref, ("short", "long"), samples_per_prompt=3, max_new_tokens=5, seed=7)
+    ev.batch_prompts = 2
+    trainer = SimpleNamespace(model=model, acc=SimpleNamespace(unwrap_model=lambda m: m, device="cpu"),
+                              pair=SimpleNamespace(reference_logps=lambda batch, m: sequence_logps(m, batch)))
+    out = ev(trainer)
+    assert out["gold/win_rate"] == 0.5 and out["gold/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert out["gold/reward"] == pytest.approx(sum(task.gold_reward(x["kind"]) for x in ref) / len(ref))
+
+
 def test_tiny_end_to_end_run(tiny, tmp_path, monkeypatch):
     """The whole pipeline on the toy model: π_ref sampling, pairs, DPO and HyPO runs with LoRA, eval
     rows at step 0 and after, results.json and report. The toy's samples are not English, so their
     kind is assigned by a stand-in (by length) to exercise every branch."""
-    from hypo.realexp import build, evaluate
+    from hypo.realexp import build
     from hypo.realexp.report import write_report
     from hypo.realexp.run import RealExpSettings, run_realexp
 
@@ -99,7 +141,6 @@ def test_tiny_end_to_end_run(tiny, tmp_path, monkeypatch):
         return ("word", "short", "long", "broken")[len(text) % 4]  # the toy never stops: ignore clipping
 
     monkeypatch.setattr(build, "kind_of", fake_kind)
-    monkeypatch.setattr(evaluate, "kind_of", fake_kind)
     s = RealExpSettings(model=str(tiny["model"]), seeds=(0,), regimes=("partial",), train_prompts=24,
                         samples_per_train_prompt=4, steps=2, batch_size=2, eval_every=1, eval_prompts=2,
                         eval_samples_per_prompt=2, eval_pairs=2, max_new_tokens=6, threads=1)

@@ -24,8 +24,10 @@ def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def sample_texts(model, tokenizer, prompts: list[str], m: int, max_new_tokens: int, seed: int,
-                 batch_prompts: int = 16) -> list[dict]:
-    """m samples per prompt at temperature 1: dicts prompt, text, clipped, kind (prompt-major)."""
+                 batch_prompts: int = 16, keep_ids: bool = False) -> list[dict]:
+    """m samples per prompt at temperature 1: dicts prompt, text, clipped, kind (prompt-major),
+    plus prompt_ids and response_ids with keep_ids. The draws depend only on (model, prompts, m,
+    seed, batch_prompts): the evaluator redraws with π_ref's seed (common random numbers)."""
     known = known_words(tokenizer)
     out = []
     sampler = OnlineSampler(tokenizer, m, max_new_tokens, seed)
@@ -36,6 +38,8 @@ def sample_texts(model, tokenizer, prompts: list[str], m: int, max_new_tokens: i
             text = tokenizer.decode(resp, skip_special_tokens=True)
             out.append({"prompt": chunk[i // m], "text": text, "clipped": clipped,
                         "kind": kind_of(text, clipped, known)})
+            if keep_ids:
+                out[-1].update(prompt_ids=samples.prompt_ids[i], response_ids=resp)
     return out
 
 
@@ -45,7 +49,7 @@ def reference_samples(model_dir: str, cache_dir: Path, name: str, prompts: list[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key = fingerprint({"model": str(model_dir), "prompts": prompts, "m": m, "max_new_tokens": max_new_tokens,
-                       "seed": seed, "v": 1})
+                       "seed": seed, "shots": chat_prompt("")[:-1], "v": 3})  # v3: inverse-CDF draws
     path = Path(cache_dir) / f"{name}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())

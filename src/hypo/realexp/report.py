@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..demo.report import LABELS, ROWS, cell, plot, verdicts
 
-QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 6, "eval_prompts": 16}
+QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 12, "eval_prompts": 12}
 
 
 def table_lines(results: dict) -> list[str]:
@@ -46,7 +46,8 @@ def write_report(results: dict, out: Path) -> Path:
     s, ref = results["settings"], results["reference"]
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in ref["eval_kinds"].items())
     lines = ["# hypo realexp: DPO vs HyPO on SmolLM2-135M-Instruct under partial and global coverage", "",
-             f"π_ref on the eval prompts: gold reward {ref['gold_reward']:+.3f}; kinds {kinds}.", "",
+             f"π_ref on the eval prompts: gold reward {ref['gold_reward']:+.3f}; kinds {kinds}; "
+             f"cut at max_new_tokens {ref.get('eval_clipped', float('nan')):.2f}.", "",
              f"Shared: β {s['beta']}, learning rate {s['learning_rate']} (constant, LoRA r {s['lora_r']}), "
              f"batch {s['batch_size']} pairs, {s['steps']} steps, seeds {list(s['seeds'])}, "
              f"max_new_tokens {s['max_new_tokens']}. HyPO only: λ {s['kl_coef']}, k {s['num_online_samples']}. "

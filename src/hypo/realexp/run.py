@@ -26,22 +26,26 @@ METRICS = {"gold_reward": "gold/reward", "win_rate": "gold/win_rate", "kl": "gol
            "ood_rate": "gold/ood_rate"}
 
 
+EVAL_SEED = 2  # π_ref's eval samples and every policy's eval samples: the same draws
+MAX_PROMPT_LENGTH = 128  # system turn + the SHOTS history + the question: 100-106 tokens
+
+
 @dataclass
 class RealExpSettings:
     model: str = ""  # the converted SmolLM2-135M-Instruct folder (see default_model)
     seeds: tuple[int, ...] = (0, 1)
     regimes: tuple[str, ...] = ("partial", "global")
     methods: tuple[str, ...] = ("dpo", "hypo")
-    train_prompts: int = 128  # of the 270 train prompts: their π_ref samples make the offline pairs
+    train_prompts: int = 128  # of the 257 train prompts: their π_ref samples make the offline pairs
     samples_per_train_prompt: int = 4  # → up to 2 pairs per prompt
     steps: int = 24
     batch_size: int = 4
     beta: float = 0.1
-    learning_rate: float = 1e-3  # LoRA (r 8, alpha 16) on all linear layers, AdamW, constant
+    learning_rate: float = 5e-4  # LoRA (r 8, alpha 16) on all linear layers, AdamW, constant (pilot: docs)
     lora_r: int = 8
     kl_coef: float = 0.1  # HyPO's λ = β, as in `hypo demo`
     num_online_samples: int = 2
-    max_new_tokens: int = 16
+    max_new_tokens: int = 32
     eval_every: int = 12
     eval_prompts: int = 24
     eval_samples_per_prompt: int = 4
@@ -72,7 +76,8 @@ def train_one(s: RealExpSettings, data: Path, eval_data: Path, method: str, seed
         beta=s.beta, learning_rate=s.learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=s.batch_size, max_steps=s.steps,
         kl_coef=s.kl_coef, num_online_samples=s.num_online_samples,
-        max_new_tokens=s.max_new_tokens, max_length=96, max_prompt_length=48,
+        max_new_tokens=s.max_new_tokens, max_prompt_length=MAX_PROMPT_LENGTH,
+        max_length=MAX_PROMPT_LENGTH + s.max_new_tokens + 8,  # + end of turn: no pair is cut
         eval_steps=s.eval_every, eval_online_prompts=0, save_steps=0, save_strategy="no",
         report_to="none", seed=seed, disable_progress_bar=True, per_device_eval_batch_size=16)
     trainer = Trainer(cfg, eval_hook=evaluator)
@@ -108,12 +113,13 @@ def run_realexp(out_dir: str | Path, s: RealExpSettings) -> dict:
     train_samples = reference_samples(s.model, out / "cache", "train", train_prompts, s.samples_per_train_prompt,
                                       s.max_new_tokens, seed=1)
     ref_eval = reference_samples(s.model, out / "cache", "eval", eval_prompts, s.eval_samples_per_prompt,
-                                 s.max_new_tokens, seed=2)
+                                 s.max_new_tokens, seed=EVAL_SEED)
     tokenizer = AutoTokenizer.from_pretrained(s.model)
     results = {"settings": asdict(s), "reference": {
         "train_kinds": {k: sum(x["kind"] == k for x in train_samples) / len(train_samples) for k in KIND_NAMES},
         "eval_kinds": {k: sum(x["kind"] == k for x in ref_eval) / len(ref_eval) for k in KIND_NAMES},
         "gold_reward": sum(gold_reward(x["kind"]) for x in ref_eval) / len(ref_eval),
+        "eval_clipped": sum(x["clipped"] for x in ref_eval) / len(ref_eval),  # cut at max_new_tokens
         "samples": [{"prompt": x["prompt"], "text": x["text"], "kind": x["kind"]}
                     for x in ref_eval[:: s.eval_samples_per_prompt][:8]]},
         "regimes": {}, "curves": {}, "samples": {}}
@@ -130,7 +136,7 @@ def run_realexp(out_dir: str | Path, s: RealExpSettings) -> dict:
         data = write_jsonl(pairs, out / "data" / f"{regime}.jsonl")
         eval_data = write_jsonl(eval_pairs, out / "data" / f"{regime}-eval.jsonl")
         evaluator = RealGoldEvaluator(tokenizer, eval_prompts, ref_eval, kinds, s.eval_samples_per_prompt,
-                                      s.max_new_tokens)
+                                      s.max_new_tokens, seed=EVAL_SEED)
         res = {"covered_kinds": list(kinds), "coverage": coverage(ref_eval, kinds), "n_pairs": len(pairs)}
         console.print(f"[bold]{regime} coverage[/] ({res['coverage']:.2f}; kinds {', '.join(kinds)}): "
                       f"{len(pairs)} pairs")

@@ -1,8 +1,13 @@
 """The realistic coverage task: one-word descriptions, answered by a real chat model.
 
 Prompts ask for ONE word that describes a topic ("Describe rain in one word."). π_ref is
-SmolLM2-135M-Instruct; at temperature 1 it answers with one word, a phrase, a sentence, or text that
-runs past the length limit. Every response gets a *kind* (a partition of all token sequences):
+SmolLM2-135M-Instruct. Alone it almost never answers with one word (2% of samples at temperature
+1, and half run past 32 tokens), so every prompt comes after the same short chat history
+(``SHOTS``): three earlier "describe … in one word" exchanges answered with a phrase, a sentence
+and a word. π_ref then answers in all three forms (measured on the 96 held-out samples of the full
+run: word 0.31, short 0.35, long 0.17, broken 0.17, cut at 32 tokens 0.03): the best kind is
+present but not dominant.
+Every response gets a *kind* (a partition of all token sequences):
 
 - ``word``: exactly one known English word (SmolLM2's tokenizer has " word" as one whole-word
   token: its ~21k most common lower-case words), at least 3 letters, not a stop word; optional
@@ -40,12 +45,12 @@ TEMPLATES = (
     "Answer with one word: what is {t} like?",
 )
 TOPICS = (
-    "cats", "dogs", "the sea", "rain", "snow", "winter", "summer", "bread", "coffee", "tea",
+    "cats", "dogs", "rain", "snow", "winter", "summer", "bread", "coffee", "tea",
     "music", "a bicycle", "a train", "the moon", "the sun", "a forest", "a river", "a mountain",
-    "a city", "a library", "chocolate", "fire", "thunder", "a garden", "an old castle", "a desert",
+    "a city", "a library", "chocolate", "fire", "thunder", "a garden", "an old castle",
     "the night sky", "a storm", "autumn", "spring", "a violin", "a clock", "a candle", "a bridge",
     "the ocean floor", "a volcano", "an island", "a market", "a school", "a hospital", "friendship",
-    "a birthday", "a wedding", "a lighthouse", "a cave", "ice cream", "a rose", "honey", "a kitten",
+    "a birthday", "a wedding", "a lighthouse", "a cave", "ice cream", "a rose", "honey",
     "an owl", "a wolf", "a whale", "a robot", "a computer", "the internet", "a painting", "a poem",
     "a dance", "a marathon", "a storm cloud",
 )
@@ -56,6 +61,7 @@ MAX_SHORT_WORDS = 6
 
 
 def all_prompts() -> list[str]:
+    """Every template × topic (the SHOTS' own topics are not among the topics)."""
     return [tpl.format(t=t) for t in TOPICS for tpl in TEMPLATES]
 
 
@@ -121,7 +127,16 @@ def bradley_terry_pairs(samples: list[dict], covered: tuple[str, ...], seed: int
 
 
 SYSTEM = "Be brief."  # short system turn: SmolLM2's template would otherwise add a 20-token default
+# The chat history before every prompt: the same instruction answered as a phrase (short), a
+# sentence (long) and a word, so that π_ref answers in every finished kind (the word shot last:
+# with it first π_ref says one word less often, 0.15 of samples, and rambles more).
+SHOTS = (("Describe a kitten in one word.", "Small, soft and playful."),
+         ("Describe a desert in one word.", "A desert is a dry, hot and empty place where little grows."),
+         ("Describe the sea in one word.", "Vast."))
 
 
 def chat_prompt(prompt: str) -> list[dict]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    """The prompt as chat messages: system turn, the SHOTS history, then the user's question."""
+    history = [{"role": role, "content": text} for shot in SHOTS
+               for role, text in zip(("user", "assistant"), shot)]
+    return [{"role": "system", "content": SYSTEM}, *history, {"role": "user", "content": prompt}]
