@@ -297,7 +297,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "labelled by a programmatic gold reward under partial and global coverage, "
                         "train DPO and HyPO with LoRA (same shared settings) and report gold reward, "
                         "win rate, reverse KL and the share outside the data's kinds. About 52 "
-                        "minutes on 2 CPU threads (measured); --quick about 10 (estimated). See docs/real-model.md.")
+                        "minutes on 2 CPU threads (measured); --quick about 11 (measured). See docs/real-model.md.")
     rx.add_argument("--out", default="hypo-realexp", help="output folder (default: hypo-realexp)")
     rx.add_argument("--quick", action="store_true", help="one seed, fewer pairs and steps, one evaluation")
     rx.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1)")
