@@ -123,7 +123,8 @@ def test_evaluator_at_pi_ref_redraws_pi_ref_samples(tiny, monkeypatch):
     ev = RealGoldEvaluator(tok, prompts, ref, ("short", "long"), samples_per_prompt=3, max_new_tokens=5, seed=7)
     ev.batch_prompts = 2
     trainer = SimpleNamespace(model=model, acc=SimpleNamespace(unwrap_model=lambda m: m, device="cpu"),
-                              pair=SimpleNamespace(reference_logps=lambda batch, m: sequence_logps(m, batch)))
+                              cfg=SimpleNamespace(per_device_eval_batch_size=4), fast_head=False,  # 9 rows: 3 chunks
+                              pair=SimpleNamespace(reference_logps=lambda batch, m, fast: sequence_logps(m, batch, fast)))
     out = ev(trainer)
     assert out["gold/win_rate"] == 0.5 and out["gold/kl"] == pytest.approx(0.0, abs=1e-6)
     assert out["gold/reward"] == pytest.approx(sum(task.gold_reward(x["kind"]) for x in ref) / len(ref))

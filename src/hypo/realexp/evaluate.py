@@ -48,9 +48,7 @@ class RealGoldEvaluator:
                              self.batch_prompts, keep_ids=True)  # π_ref's seed: the same draws each time
         kinds = [x["kind"] for x in drawn]
         rewards = [gold_reward(k) for k in kinds]
-        batch = pack_sequences([x["prompt_ids"] for x in drawn], [x["response_ids"] for x in drawn],
-                               self.tokenizer.pad_token_id).to(trainer.acc.device)
-        kl, kl_se = reverse_kl_estimate(sequence_logps(model, batch), trainer.pair.reference_logps(batch, model))
+        kl, kl_se = reverse_kl_estimate(*self._logps(trainer, model, drawn))
         self.last_texts = [{"prompt": x["prompt"], "text": x["text"], "kind": x["kind"]}
                            for x in drawn[:: self.m]][: self.keep_texts]
         n = len(rewards)
@@ -59,3 +57,16 @@ class RealGoldEvaluator:
                "gold/kl_stderr": kl_se, "gold/clipped_rate": sum(x["clipped"] for x in drawn) / n}
         out.update({f"gold/kind_{name}": kinds.count(name) / n for name in KIND_NAMES})
         return out
+
+    def _logps(self, trainer, model, drawn: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) log π and log π_ref of the drawn responses, in chunks of the eval batch size, with the
+        trainer's LM-head shortcut: the full (N, T, 49k) logits of 64 rows would be ≈ 2 GB."""
+        policy, ref = [], []
+        size = trainer.cfg.per_device_eval_batch_size
+        for start in range(0, len(drawn), size):
+            chunk = drawn[start:start + size]
+            batch = pack_sequences([x["prompt_ids"] for x in chunk], [x["response_ids"] for x in chunk],
+                                   self.tokenizer.pad_token_id).to(trainer.acc.device)
+            policy.append(sequence_logps(model, batch, trainer.fast_head))
+            ref.append(trainer.pair.reference_logps(batch, model, trainer.fast_head))
+        return torch.cat(policy), torch.cat(ref)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..demo.report import LABELS, ROWS, cell, plot, verdicts
 
-QUICK = {"seeds": (0,), "train_prompts": 48, "steps": 12, "eval_every": 12, "eval_prompts": 12}
+QUICK = {"seeds": (0,), "train_prompts": 40, "steps": 8, "eval_every": 8, "eval_prompts": 8}
 
 
 def table_lines(results: dict) -> list[str]:

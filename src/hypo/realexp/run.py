@@ -38,7 +38,7 @@ class RealExpSettings:
     methods: tuple[str, ...] = ("dpo", "hypo")
     train_prompts: int = 128  # of the 257 train prompts: their π_ref samples make the offline pairs
     samples_per_train_prompt: int = 4  # → up to 2 pairs per prompt
-    steps: int = 24
+    steps: int = 20
     batch_size: int = 4
     beta: float = 0.1
     learning_rate: float = 5e-4  # LoRA (r 8, alpha 16) on all linear layers, AdamW, constant (pilot: docs)
@@ -46,8 +46,8 @@ class RealExpSettings:
     kl_coef: float = 0.1  # HyPO's λ = β, as in `hypo demo`
     num_online_samples: int = 2
     max_new_tokens: int = 32
-    eval_every: int = 12
-    eval_prompts: int = 24
+    eval_every: int = 10
+    eval_prompts: int = 16  # × 4 samples: one generate call of 64 rows
     eval_samples_per_prompt: int = 4
     eval_pairs: int = 16
     threads: int = 2
