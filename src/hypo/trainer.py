@@ -31,6 +31,7 @@ from .config import RESULT_FIELDS, ConfigError, TrainConfig, result_settings
 from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    load_preferences, load_prompts, split_eval, tokenize_pairs,
                    tokenize_prompts)
+from .heap import fix_mmap_threshold
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
@@ -152,6 +153,7 @@ class Trainer:
         replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them).
         check_output: False defers the output_dir check to train() (see ``preflight``)."""
         self.cfg = cfg.validate()
+        fix_mmap_threshold()  # opt-in (HYPO_MMAP_THRESHOLD): lower peak RSS, slower steps (heap.py)
         preflight(cfg, model_given=model is not None, check_output=check_output)  # output_dir, model head, paths, LoRA targets: before any data or weights load
         self.eval_hook = eval_hook
         self.model_object = model

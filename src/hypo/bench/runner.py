@@ -342,7 +342,10 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     setup, logs = out / "setup", out / "logs"
     started = time.time()
     result = {"settings": asdict(settings), "versions": versions(), "machine": machine(),
-              "threads": settings.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "threads": settings.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              # the allocator settings every mode's process inherits (peak RSS depends on them: hypo.heap)
+              "malloc_env": {k: v for k, v in os.environ.items()
+                             if k in ("HYPO_MMAP_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")}}
     workloads = {size: prepare(setup, size, settings.max_length, settings.n_records, settings.seed,
                                settings.model).to_dict()
                  for size in settings.sizes}
