@@ -54,6 +54,7 @@ def test_user_malloc_setting_wins_and_bad_value_is_named():
     import os
 
     assert run({"MALLOC_MMAP_THRESHOLD_": "131072", "HYPO_MMAP_THRESHOLD": "65536"})[0] == 0  # glibc's own
-    bad = subprocess.run([sys.executable, "-c", "from hypo.heap import fix_mmap_threshold; fix_mmap_threshold()"],
-                         env={**os.environ, "HYPO_MMAP_THRESHOLD": "lots"}, capture_output=True, text=True)
-    assert bad.returncode != 0 and "HYPO_MMAP_THRESHOLD must be a number of bytes" in bad.stderr
+    for value in ("lots", "-1"):
+        bad = subprocess.run([sys.executable, "-c", "from hypo.heap import fix_mmap_threshold; fix_mmap_threshold()"],
+                             env={**os.environ, "HYPO_MMAP_THRESHOLD": value}, capture_output=True, text=True)
+        assert bad.returncode != 0 and f"HYPO_MMAP_THRESHOLD must be a number of bytes (e.g. 131072; 0 = glibc's default), got '{value}'" in bad.stderr

@@ -129,6 +129,15 @@ def test_evaluator_at_pi_ref_redraws_pi_ref_samples(tiny, monkeypatch):
     assert out["gold/win_rate"] == 0.5 and out["gold/kl"] == pytest.approx(0.0, abs=1e-6)
     assert out["gold/reward"] == pytest.approx(sum(task.gold_reward(x["kind"]) for x in ref) / len(ref))
 
+    # The chunked log-probs (4 + 4 + 1 rows) are those of one batch of all 9 rows, in order.
+    from hypo.logprobs import pack_sequences
+
+    drawn = build.sample_texts(model, tok, prompts, m=3, max_new_tokens=5, seed=7, batch_prompts=2, keep_ids=True)
+    policy, reference = ev._logps(trainer, model, drawn)
+    whole = sequence_logps(model, pack_sequences([x["prompt_ids"] for x in drawn],
+                                                 [x["response_ids"] for x in drawn], tok.pad_token_id))
+    assert policy.shape == (9,) and torch.allclose(policy, whole, atol=1e-5) and torch.allclose(reference, whole, atol=1e-5)
+
 
 def test_tiny_end_to_end_run(tiny, tmp_path, monkeypatch):
     """The whole pipeline on the toy model: π_ref sampling, pairs, DPO and HyPO runs with LoRA, eval

@@ -8,7 +8,7 @@ more about the allocator's history than about the live tensors.
 
 Fixing the threshold keeps every large tensor in its own mapping, so RSS follows the live tensors.
 Measured on this 2-core VM (SmolLM2-135M, LoRA, bench settings, ``benchmarks/LOG.md``): peak RSS
-DPO 5,204 → 3,230 MB, HyPO 6,041 → 3,243 MB, but steps 1.6-1.7x slower (every allocation faults
+DPO 5,204 → 3,230 MB, HyPO 6,041 → 3,243 MB, but steps 1.35-1.8x slower (every allocation faults
 in fresh zeroed pages). So it is opt-in, for runs that are short of memory rather than of time:
 ``HYPO_MMAP_THRESHOLD=131072`` (bytes); unset or 0 keeps glibc's default, and a
 ``MALLOC_MMAP_THRESHOLD_`` set by the user wins.
@@ -37,10 +37,12 @@ def fix_mmap_threshold() -> int:
     try:
         value = int(raw)
     except ValueError:
+        value = -1
+    if value < 0:
         raise ConfigError(f"HYPO_MMAP_THRESHOLD must be a number of bytes (e.g. 131072; 0 = glibc's "
-                         f"default), got {raw!r}") from None
+                          f"default), got {raw!r}")
     _applied = 0
-    if (value <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux")
+    if (value == 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux")
             or platform.libc_ver()[0] != "glibc"):
         return 0
     try:

@@ -4,8 +4,8 @@ Prompts ask for ONE word that describes a topic ("Describe rain in one word."). 
 SmolLM2-135M-Instruct. Alone it almost never answers with one word (2% of samples at temperature
 1, and half run past 32 tokens), so every prompt comes after the same short chat history
 (``SHOTS``): three earlier "describe … in one word" exchanges answered with a phrase, a sentence
-and a word. π_ref then answers in all three forms (measured on the 96 held-out samples of the full
-run: word 0.31, short 0.35, long 0.17, broken 0.17, cut at 32 tokens 0.03): the best kind is
+and a word. π_ref then answers in all three forms (measured on the 64 held-out samples of the full
+run: word 0.38, short 0.31, long 0.17, broken 0.14, cut at 32 tokens 0.03): the best kind is
 present but not dominant.
 Every response gets a *kind* (a partition of all token sequences):
 
