@@ -16,7 +16,7 @@ NUMERICS_MODULES = {
     "test_losses.py", "test_logprobs.py", "test_kl_estimators.py", "test_precision.py",
     "test_trainer.py", "test_modeling.py", "test_packed_linear.py", "test_refcache.py",
     "test_evaluate.py", "test_coverage.py", "test_sampling.py", "test_resume.py",
-    "test_equivalence.py", "test_trl_parity.py", "test_realexp.py",
+    "test_equivalence.py", "test_trl_parity.py", "test_realexp.py", "test_prefix.py",
 }
 
 

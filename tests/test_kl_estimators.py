@@ -252,6 +252,7 @@ def test_trainer_kl_gradient_matches_pure_function(base_config):
     """The trainer's analytic KL surrogate for one micro-batch equals analytic_kl_loss on
     per-token quantities built independently from full logits (ordering, padding, indexing)."""
     from hypo.logprobs import pack_sequences
+    from hypo.sampling import sample_groups
     from hypo.trainer import Trainer
 
     trainer = Trainer(base_config(kl_estimator="analytic", online_prompts_per_step=2))
@@ -260,9 +261,11 @@ def test_trainer_kl_gradient_matches_pure_function(base_config):
             p.add_(0.05 * torch.randn_like(p))
     prompts = [trainer.data.train[i].prompt_ids for i in range(2)]
     samples = trainer.sampler.sample(trainer.model, prompts)
+    groups = sample_groups(samples)  # shared-prefix rows when the model takes them (it does)
+    assert trainer.shared
     with torch.no_grad(), trainer.pair.reference_view() as ref_model:
-        _, ref_positions = trainer._reference_positions(ref_model, samples)
-    seq, loss = trainer._token_kl_loss(samples, (2, samples.k), ref_positions)
+        _, ref_positions = trainer._reference_positions(ref_model, groups)
+    seq, loss = trainer._token_kl_loss(groups, (2, samples.k), ref_positions)
 
     n, width = len(samples.response_ids), max(len(r) for r in samples.response_ids)
     lp, kls = torch.zeros(n, width), torch.zeros(n, width)

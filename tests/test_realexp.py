@@ -1,6 +1,7 @@
 """The realistic coverage experiment (`hypo realexp`): gold reward, kinds, pair building, coverage,
 and one tiny end-to-end run on the toy model (the real model runs in `hypo realexp` itself)."""
 
+import contextlib
 import json
 import math
 
@@ -122,14 +123,18 @@ def test_evaluator_at_pi_ref_redraws_pi_ref_samples(tiny, monkeypatch):
     assert len({x["text"] for x in ref}) > 1  # the draws differ: the test below can fail
     ev = RealGoldEvaluator(tok, prompts, ref, ("short", "long"), samples_per_prompt=3, max_new_tokens=5, seed=7)
     ev.batch_prompts = 2
+    from hypo.prefix import response_logps
+
     trainer = SimpleNamespace(model=model, acc=SimpleNamespace(unwrap_model=lambda m: m, device="cpu"),
-                              cfg=SimpleNamespace(per_device_eval_batch_size=4), fast_head=False,  # 9 rows: 3 chunks
-                              pair=SimpleNamespace(reference_logps=lambda batch, m, fast: sequence_logps(m, batch, fast)))
+                              cfg=SimpleNamespace(per_device_eval_batch_size=4),  # 9 rows: 3 chunks of 3
+                              _response_logps=lambda m, groups: response_logps(m, groups, tok.pad_token_id, "cpu"),
+                              pair=SimpleNamespace(reference_view=contextlib.nullcontext))
     out = ev(trainer)
     assert out["gold/win_rate"] == 0.5 and out["gold/kl"] == pytest.approx(0.0, abs=1e-6)
     assert out["gold/reward"] == pytest.approx(sum(task.gold_reward(x["kind"]) for x in ref) / len(ref))
 
-    # The chunked log-probs (4 + 4 + 1 rows) are those of one batch of all 9 rows, in order.
+    # The chunked, prefix-shared log-probs (3 chunks of one prompt and its 3 responses) are those of
+    # one unshared batch of all 9 rows, in order (to rounding: 1e-5 ≫ the reordering bound here).
     from hypo.logprobs import pack_sequences
 
     drawn = build.sample_texts(model, tok, prompts, m=3, max_new_tokens=5, seed=7, batch_prompts=2, keep_ids=True)

@@ -328,6 +328,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reward_max_length", type=int, default=1024, help="reward-model input limit in "
                     "its own tokens (the start of the prompt is cut first)")
     ev.add_argument("--table_rows", type=int, default=8, help="rows of the sample table")
+    ev.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false",
+                    help="compute every sample in its own [prompt | sample] row (default: each prompt "
+                    "once for its samples, where the model takes the block mask; equal up to "
+                    "float32 rounding)")
     _add_common_eval_arguments(ev, "hypo-eval")
     ev.set_defaults(func=cmd_eval, samples_per_prompt=2)
 

@@ -179,6 +179,13 @@ class TrainConfig:
     length_buckets: int = opt(4, "A micro-batch's sequences (pairs and online samples) run as up to "
                               "this many forwards of similar length, each padded only to its own "
                               "longest row (1 = one padded forward).", group="algorithm")
+    prefix_sharing: bool = opt(
+        True, "Compute each prompt once for all the responses that follow it: a pair's chosen and "
+        "rejected (with HyPO, also its online samples) share one row under a block mask, with "
+        "position ids restarting after the prompt, and generation prefills each prompt once for its "
+        "k samples. Equal to the unshared computation up to float32 rounding. A model whose forward "
+        "cannot take the mask (attention other than sdpa/eager) keeps the unshared path, said once. "
+        "false: every response in its own [prompt | response] row.", group="algorithm")
     precompute_ref_log_probs: bool = opt(
         True, "Compute the reference log-probs of the offline pairs once and cache them on disk "
         "(keyed by the reference weights — the base weights with LoRA —, model config, attention "

@@ -22,12 +22,12 @@ import torch
 
 from .config import ConfigError
 from .data import load_prompts, tokenize_prompts
-from .logprobs import batched_logps, sequence_logps
+from .prefix import batched_response_logps, supports_prefix_sharing
 from .losses import reverse_kl_estimate
 from .modeling import DTYPE, PolicyPair, load_causal_lm, load_tokenizer, quiet_peft
 from .progress import console, step_progress
 from .reporting import fmt, histogram, json_safe, md_table, summary
-from .sampling import OnlineSampler, OnlineSamples, samples_unbiased
+from .sampling import OnlineSampler, OnlineSamples, sample_groups, samples_unbiased
 
 
 @dataclass
@@ -51,6 +51,7 @@ class EvalSettings:
     gguf_file: str | None = None  # GGUF of ref_model (or of model without ref_model)
     table_rows: int = 8
     disable_progress_bar: bool = False
+    prefix_sharing: bool = True  # each prompt computed once for its k samples (hypo.prefix)
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -288,11 +289,12 @@ def run_eval(s: EvalSettings) -> dict:
     pol = sample_all(sampler(s.seed), pair.policy, prompt_ids, s.batch_size, "policy", quiet)
     with pair.reference_view() as ref_module:
         ref = sample_all(sampler(s.seed + 1), ref_module, prompt_ids, s.batch_size, "reference", quiet)
-    bs = s.batch_size * k
-    pol_logps = batched_logps(lambda b: sequence_logps(pair.policy, b), pol.prompt_ids, pol.response_ids,
-                          tok.pad_token_id, bs, device)
-    ref_logps = batched_logps(pair.reference_logps, pol.prompt_ids, pol.response_ids, tok.pad_token_id,
-                          bs, device)
+    # Each prompt once for its k samples (hypo.prefix), where the model takes the block mask.
+    groups = sample_groups(pol)
+    shared = s.prefix_sharing and supports_prefix_sharing(pair.policy, groups[:2], tok.pad_token_id)[0]
+    pol_logps = batched_response_logps(pair.policy, groups, tok.pad_token_id, device, s.batch_size, shared)
+    with pair.reference_view() as ref_module:
+        ref_logps = batched_response_logps(ref_module, groups, tok.pad_token_id, device, s.batch_size, shared)
     P = len(prompt_ids)
     # Per-prompt means: the standard error is then over prompts (samples of one prompt correlate).
     kl, kl_se = reverse_kl_estimate(pol_logps.view(P, k).mean(1), ref_logps.view(P, k).mean(1))
@@ -305,9 +307,9 @@ def run_eval(s: EvalSettings) -> dict:
     pol_scores = ref_scores = None
     if scorer is not None:
         with step_progress("reward model", 2, quiet) as advance:
-            pol_scores = scorer.score(prompts_rep, pol_text, bs)
+            pol_scores = scorer.score(prompts_rep, pol_text, s.batch_size * k)
             advance(1)
-            ref_scores = scorer.score(prompts_rep, ref_text, bs)
+            ref_scores = scorer.score(prompts_rep, ref_text, s.batch_size * k)
             advance(1)
         wr, wr_se, ties = win_rate(pol_scores, ref_scores)
         reward = {"policy": summary(pol_scores), "reference": summary(ref_scores),

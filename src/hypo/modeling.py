@@ -253,6 +253,11 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def has_lora_dropout(model: torch.nn.Module) -> bool:
+    """Whether the model has peft LoRA dropout modules with p > 0."""
+    return any(m.p > 0 for name, m in model.named_modules() if _is_lora_dropout(name, m))
+
+
 @contextlib.contextmanager
 def lora_dropout_active(model: torch.nn.Module, active: bool = True):
     """Switch on LoRA's dropout (peft's ``lora_dropout`` modules) for a block; everywhere else

@@ -67,7 +67,7 @@ def compute_reference_logps(pairs: list[TokenizedPair], groups: list[list[int]],
     """(n, 2) float32 tensor of [logp_ref(chosen), logp_ref(rejected)] per pair.
 
     groups: the pairs' indices as the training loop's forwards hold them (one list per micro-batch,
-    every pair once); pair_logps_fn(list of b pairs) -> (2b,) [chosen..., rejected...] under π_ref,
+    every pair once); pair_logps_fn(list of b pairs) -> (b, 2) [chosen, rejected] under π_ref,
     the very function of the policy's forward. Same rows, same padding, same head path, hence the
     same kernels: at step 0 (π = π_ref) the rewards are exactly 0 on any CPU (docs/reliability.md).
     progress: optional callable(pairs done).
@@ -78,7 +78,7 @@ def compute_reference_logps(pairs: list[TokenizedPair], groups: list[list[int]],
     for group in groups:
         logps = pair_logps_fn([pairs[i] for i in group]).float().cpu()
         index = torch.tensor(group, dtype=torch.long)
-        out[index, 0], out[index, 1] = logps[: len(group)], logps[len(group):]
+        out[index] = logps
         if progress:
             progress(len(group))
     return out

@@ -41,6 +41,13 @@ class OnlineSamples:
         return parts
 
 
+def sample_groups(samples: OnlineSamples) -> list[tuple[list[int], list[list[int]]]]:
+    """The samples as prompt groups ``(prompt ids, [its k responses])``, prompt-major."""
+    k = samples.k
+    return [(samples.prompt_ids[i], samples.response_ids[i: i + k])
+            for i in range(0, len(samples.response_ids), k)]
+
+
 def samples_unbiased(settings_unbiased: bool, clipped_ratio: float) -> bool:
     """Whether samples were exact draws from π: unbiased sampler settings (temperature 1, no
     top-k/top-p) AND no sample cut at max_new_tokens (a cut response is not a draw from π)."""
@@ -56,7 +63,7 @@ class OnlineSampler:
 
     def __init__(self, tokenizer, k: int, max_new_tokens: int, seed: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, stop_token_ids: list[int] | None = None,
-                 packed: bool = True):
+                 packed: bool = True, share_prefill: bool = True):
         self.tokenizer = tokenizer
         self.k, self.max_new_tokens = k, max_new_tokens
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -68,6 +75,7 @@ class OnlineSampler:
         self.stop_token_ids = stops
         self.generator = torch.Generator().manual_seed(seed)
         self.packed = packed  # linear layers on prepacked oneDNN weights where possible (packed_linear)
+        self.share_prefill = share_prefill  # each prompt prefilled once for its k rows
         self.last_timing: dict | None = None  # of the last `sample` call: see `_timing`
 
     @property
@@ -108,11 +116,12 @@ class OnlineSampler:
         started = time.perf_counter()
         with bare_generation_config(model), eval_mode(model), \
                 packed_linears(model, rows=len(rows), enabled=self.packed) as packed_layers:
+            cache = self._shared_prefill(model, input_ids[:: self.k], attention[:: self.k], device)
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  generation_config=gen_config,
-                                 logits_processor=LogitsProcessorList([processor]))
+                                 logits_processor=LogitsProcessorList([processor]), **cache)
         self.last_timing = {**_timing(started, processor.call_times, [len(r) for r in rows]),
-                            "packed_layers": packed_layers}
+                            "packed_layers": packed_layers, "shared_prefill": bool(cache)}
         new_tokens = out[:, width:].tolist()
         responses, clipped = [], []
         for tokens in new_tokens:
@@ -120,6 +129,32 @@ class OnlineSampler:
             responses.append(tokens if cut is None else tokens[: cut + 1])
             clipped.append(cut is None)
         return OnlineSamples(rows, responses, clipped, self.k)
+
+    def _shared_prefill(self, model, input_ids: torch.Tensor, attention: torch.Tensor, device) -> dict:
+        """Prefill each prompt ONCE and expand its KV cache to its k rows (``generate``'s kwargs).
+
+        input_ids / attention: (P, W) left-padded, one row per prompt. The forward covers all but
+        the last prompt position, with the position ids ``generate`` itself uses (from the
+        attention mask); ``generate`` then starts at the last prompt token of each of the P·k rows,
+        so every row continues exactly its own prompt: the draws are still from π (its logits
+        equal the unshared prefill's up to float32 rounding). {} (unshared prefill) where there is
+        nothing to share (k = 1, one-token prompts, share_prefill off) or the model keeps no
+        standard cache."""
+        import inspect
+
+        width = input_ids.shape[1]
+        if not self.share_prefill or self.k < 2 or width < 2:
+            return {}
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the transformers model
+        name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        ids, mask = input_ids[:, :-1].to(device), attention[:, :-1].to(device)
+        positions = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = getattr(out, name, None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return {}
+        cache.batch_repeat_interleave(self.k)
+        return {name: cache}
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         """Our generator on CPU; on an accelerator, one seeded from it (deterministic per round)."""

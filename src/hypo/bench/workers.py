@@ -20,8 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
-HYPO_MODES = ("hypo-dpo", "hypo-hypo")
-TRL_MODES = ("trl-dpo", "trl-dpo-precompute", "trl-dpo-defaults", "trl-rloo")
+HYPO_MODES = ("hypo-dpo", "hypo-hypo", "hypo-dpo-unshared", "hypo-hypo-unshared")  # unshared: --prefix_sharing false
+TRL_MODES = ("trl-dpo", "trl-dpo-precompute", "trl-dpo-defaults", "trl-dpo-padfree", "trl-rloo")
 MODES = HYPO_MODES + TRL_MODES + ("matmul",)
 
 
@@ -72,7 +72,7 @@ def _threads(spec: dict) -> None:
 
 # ---- hypo -------------------------------------------------------------------------------------
 
-def run_hypo(spec: dict, algo: str) -> dict:
+def run_hypo(spec: dict, algo: str, shared: bool = True) -> dict:
     import torch  # noqa: F401
 
     from ..config import TrainConfig
@@ -92,8 +92,10 @@ def run_hypo(spec: dict, algo: str) -> dict:
         overwrite_output_dir=True,  # the benchmark owns its folders
         ref_cache_dir=str(out / "ref-cache"), dtype=spec.get("dtype", "float32"), save_steps=0,
         report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=spec["seed"],
-        **_hypo_lora(wl))
+        prefix_sharing=shared, **_hypo_lora(wl))
     trainer = Trainer(cfg)
+    if shared and not trainer.shared:
+        raise RuntimeError(f"prefix sharing is off for this model ({trainer.data.report['prefix_sharing']})")
     stats = trainer.data.report.get("train_tokenize", {})
     if stats.get("truncated_prompts") or stats.get("truncated_responses"):
         raise RuntimeError(f"bench data was truncated by hypo ({stats}); the comparison needs "
@@ -198,7 +200,8 @@ def _sync(spec: dict) -> None:
         torch.cuda.synchronize()
 
 
-def run_trl_dpo(spec: dict, precompute: bool = False, defaults: bool = False) -> dict:
+def run_trl_dpo(spec: dict, precompute: bool = False, defaults: bool = False,
+                padding_free: bool = False) -> dict:
     import datasets
     import torch  # noqa: F401
     from trl import DPOConfig, DPOTrainer
@@ -215,13 +218,14 @@ def run_trl_dpo(spec: dict, precompute: bool = False, defaults: bool = False) ->
         args = DPOConfig(**_trl_common(spec, steps), **_precision(spec, defaults),
                          per_device_train_batch_size=spec["batch_size"], max_length=wl["max_length"],
                          truncation_mode="keep_start", beta=0.1, loss_type="sigmoid",
-                         precompute_ref_log_probs=precompute, padding_free=False,
+                         precompute_ref_log_probs=precompute, padding_free=padding_free,
                          model_init_kwargs={"dtype": spec.get("dtype", "float32")})
     tokens: list[int] = []
 
     class CountingDPOTrainer(DPOTrainer):
         def training_step(self, model, inputs, *rest, **kw):
-            tokens.append(int(inputs["attention_mask"].sum()))
+            mask = inputs.get("attention_mask")  # none with padding_free: every slot is a token
+            tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
             return super().training_step(model, inputs, *rest, **kw)
 
     records = [json.loads(line) for line in Path(wl["data"]).read_text().splitlines() if line.strip()]
@@ -326,16 +330,16 @@ def copy_bandwidth(spec: dict, device: str, mbytes: int = 256) -> float:
 
 
 def run(mode: str, spec: dict) -> dict:
-    if mode == "hypo-dpo":
-        result = run_hypo(spec, "dpo")
-    elif mode == "hypo-hypo":
-        result = run_hypo(spec, "hypo")
+    if mode.startswith("hypo-"):
+        result = run_hypo(spec, mode.split("-")[1], shared=not mode.endswith("-unshared"))
     elif mode == "trl-dpo":
         result = run_trl_dpo(spec)
     elif mode == "trl-dpo-precompute":
         result = run_trl_dpo(spec, precompute=True)
     elif mode == "trl-dpo-defaults":
         result = run_trl_dpo(spec, defaults=True)
+    elif mode == "trl-dpo-padfree":
+        result = run_trl_dpo(spec, padding_free=True)
     elif mode == "trl-rloo":
         result = run_trl_rloo(spec)
     elif mode == "matmul":

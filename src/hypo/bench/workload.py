@@ -75,7 +75,15 @@ def build_bench_tokenizer():
     return tok
 
 
-def synthetic_records(tokenizer, n: int, max_length: int, seed: int = 0) -> list[dict]:
+# Workload shapes. standard: prompts and responses of similar, varied length. long-prompt: TL;DR's
+# shape, a prompt ≈ 8× each response (≈ 384 + 48 tokens), where computing each prompt once per
+# pair (and per group of online samples) pays most; max_length and max_new_tokens default to it.
+WORKLOADS = {"standard": {}, "long-prompt": {"prompt": 384, "response": 48, "max_length": 448,
+                                              "max_new_tokens": 48}}
+
+
+def synthetic_records(tokenizer, n: int, max_length: int, seed: int = 0,
+                      workload: str = "standard") -> list[dict]:
     """n preference records of controlled token length for max_length.
 
     Prompt: BOS + ~U[max_length/16, 3·max_length/8] pseudo-word tokens + ':'; each response:
@@ -96,13 +104,20 @@ def synthetic_records(tokenizer, n: int, max_length: int, seed: int = 0) -> list
             out.append(w)
             used += cost[w]
 
+    shape = WORKLOADS[workload]
     records = []
     for _ in range(n):
-        p = rng.randint(lo, max(lo, 3 * max_length // 8))
-        room = max_length - (p + 2) - 1  # prompt = BOS + p + ':' ; response + EOS
+        if shape:  # long-prompt: P ∈ [0.9, 1]·384, responses ∈ [0.75, 1]·48, scaled to max_length
+            scale = min(1.0, (max_length - 3) / (shape["prompt"] + shape["response"]))
+            p = rng.randint(int(0.9 * shape["prompt"] * scale), int(shape["prompt"] * scale))
+            lengths = [rng.randint(int(0.75 * shape["response"] * scale), int(shape["response"] * scale))
+                       for _ in range(2)]
+        else:
+            p = rng.randint(lo, max(lo, 3 * max_length // 8))
+            room = max_length - (p + 2) - 1  # prompt = BOS + p + ':' ; response + EOS
+            lengths = [rng.randint(lo, max(lo, room)) for _ in range(2)]
         prompt = " " + " ".join(words(p)) + ":"
-        chosen = " " + " ".join(words(rng.randint(lo, max(lo, room))))
-        rejected = " " + " ".join(words(rng.randint(lo, max(lo, room))))
+        chosen, rejected = (" " + " ".join(words(n_tokens)) for n_tokens in lengths)
         records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return records
 
@@ -119,13 +134,14 @@ class Workload:
     num_params: int
     shape: dict
     lora: bool = False
+    workload: str = "standard"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def prepare(root: str | Path, size: str, max_length: int, n_records: int, seed: int = 0,
-            model: str | None = None) -> Workload:
+            model: str | None = None, workload: str = "standard") -> Workload:
     """Build (or reuse) the model folder of ``size`` and the data file for ``max_length`` under root
     (real sizes: the real model's folder, see ``real_model_dir``; data in its tokenizer)."""
     from ..tiny import build_model, write_jsonl
@@ -142,16 +158,17 @@ def prepare(root: str | Path, size: str, max_length: int, n_records: int, seed: 
         model.save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
     tag = f"-{Path(model_dir).name}" if real else ""
-    data = root / f"prefs{tag}-L{max_length}-n{n_records}-s{seed}.jsonl"
+    kind = "" if workload == "standard" else f"-{workload}"
+    data = root / f"prefs{tag}{kind}-L{max_length}-n{n_records}-s{seed}.jsonl"
     if not data.exists():
         if tok is None:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(model_dir)
-        write_jsonl(synthetic_records(tok, n_records, max_length, seed), data)
+        write_jsonl(synthetic_records(tok, n_records, max_length, seed, workload), data)
     config = json.loads((model_dir / "config.json").read_text())
     from .flops import ModelShape
 
     shape = ModelShape.from_config(config)
     return Workload(str(model_dir), str(data), size, max_length, n_records, shape.num_params,
-                    asdict(shape), lora=bool(REAL_SIZES.get(size)))
+                    asdict(shape), lora=bool(REAL_SIZES.get(size)), workload=workload)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from ..logprobs import pack_sequences, sequence_logps
 from ..losses import reverse_kl_estimate
 from .build import sample_texts
 from .task import KIND_NAMES, gold_reward
@@ -59,14 +58,17 @@ class RealGoldEvaluator:
         return out
 
     def _logps(self, trainer, model, drawn: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) log π and log π_ref of the drawn responses, in chunks of the eval batch size, with the
-        trainer's LM-head shortcut: the full (N, T, 49k) logits of 64 rows would be ≈ 2 GB."""
+        """(N,) log π and log π_ref of the drawn responses (prompt-major, m per prompt), in chunks
+        of about the eval batch size in rows, through the trainer's own forward: each prompt once for
+        its m responses (prefix sharing) and the LM-head shortcut; the full (N, T, 49k) logits of 64
+        rows would be ≈ 2 GB."""
+        groups = [(drawn[i]["prompt_ids"], [x["response_ids"] for x in drawn[i: i + self.m]])
+                  for i in range(0, len(drawn), self.m)]
+        per_chunk = max(1, trainer.cfg.per_device_eval_batch_size // self.m)
         policy, ref = [], []
-        size = trainer.cfg.per_device_eval_batch_size
-        for start in range(0, len(drawn), size):
-            chunk = drawn[start:start + size]
-            batch = pack_sequences([x["prompt_ids"] for x in chunk], [x["response_ids"] for x in chunk],
-                                   self.tokenizer.pad_token_id).to(trainer.acc.device)
-            policy.append(sequence_logps(model, batch, trainer.fast_head))
-            ref.append(trainer.pair.reference_logps(batch, model, trainer.fast_head))
+        for start in range(0, len(groups), per_chunk):
+            chunk = groups[start:start + per_chunk]
+            policy.append(trainer._response_logps(model, chunk))
+            with trainer.pair.reference_view(model) as ref_model:
+                ref.append(trainer._response_logps(ref_model, chunk))
         return torch.cat(policy), torch.cat(ref)
