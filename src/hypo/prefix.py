@@ -111,8 +111,7 @@ def pack_groups(groups: list[Group], pad_token_id: int, pad_to: int | None = Non
 
 def _decoder_or_model_outputs(model: torch.nn.Module, batch: GroupBatch, target_only_head: bool):
     """(features at the predicting positions: hidden (M, H) or logits (M, V), head or None)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    implementation = getattr(base.config, "_attn_implementation", None)
+    implementation = _attn_implementation(model)
     dtype = next(model.parameters()).dtype
     kwargs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                   attention_mask=batch.attention_mask(implementation, dtype))
@@ -121,6 +120,13 @@ def _decoder_or_model_outputs(model: torch.nn.Module, batch: GroupBatch, target_
         return hidden.flatten(0, 1)[batch.predictors], model.get_output_embeddings()
     logits = model(**kwargs).logits
     return logits.flatten(0, 1)[batch.predictors], None
+
+
+def _attn_implementation(model: torch.nn.Module) -> str | None:
+    """The attention implementation of a model, seen through DDP and peft wrappers."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return getattr(getattr(base, "config", None), "_attn_implementation", None)
 
 
 def group_logps(model: torch.nn.Module, batch: GroupBatch, target_only_head: bool = False) -> torch.Tensor:
@@ -211,8 +217,7 @@ def supports_prefix_sharing(model: torch.nn.Module, groups: list[Group], pad_tok
     data), and if not, why. Checked on values rather than by architecture name: attention
     implementations without a dense mask, models that ignore position ids or add their own
     position biases fail here and keep the unshared path."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    implementation = _attn_implementation(model)
     if implementation not in MASK_IMPLEMENTATIONS:
         return False, f"attention implementation {implementation!r} takes no dense mask (sdpa and eager do)"
     device = next(model.parameters()).device
