@@ -177,3 +177,60 @@ def test_real_sizes_use_the_given_model_folder(tmp_path, tiny):
     BenchSettings(sizes=("small", "real", "real-lora")).validate()
     with pytest.raises(ValueError, match="no config.json"):
         prepare(tmp_path, "real", 64, 8, model=str(tmp_path / "nowhere"))
+
+
+def test_long_prompt_workload_has_tldr_shape_and_its_defaults(tmp_path, tiny):
+    """--workload long-prompt: prompts ≈ 8× each response (≈ 384 + 48 tokens), nothing truncated,
+    and max_length / max_new_tokens / batch size follow the workload unless given."""
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    from hypo.bench.cli import add_arguments, settings_from_args
+    from hypo.bench.workload import prepare
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    s = settings_from_args(parser.parse_args(["--workload", "long-prompt"]))
+    assert (s.workload, s.max_length, s.max_new_tokens, s.batch_size) == ("long-prompt", 448, 48, 4)
+    s = settings_from_args(parser.parse_args(["--workload", "long-prompt", "--max_length", "512",
+                                              "--batch_size", "2"]))
+    assert (s.max_length, s.batch_size) == (512, 2)
+    assert settings_from_args(parser.parse_args([])).max_length == 128  # standard is unchanged
+
+    wl = prepare(tmp_path, "real-lora", 448, 16, model=str(tiny["model"]), workload="long-prompt")
+    assert "long-prompt" in wl.data and wl.workload == "long-prompt"
+    tok = AutoTokenizer.from_pretrained(tiny["model"])
+    for line in open(wl.data).read().splitlines():
+        rec = json.loads(line)
+        p = len(tok(rec["prompt"], add_special_tokens=False)["input_ids"])
+        c, r = (len(tok(rec[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
+        # pseudo-words fill each budget up to one word's tokens short
+        assert 0.8 * 384 <= p <= 384 + 2 and 0.5 * 48 <= min(c, r) and max(c, r) <= 48 + 2
+        assert p + max(c, r) + 3 <= 448
+
+
+def test_prefix_sharing_ratios_and_targets():
+    from hypo.bench.runner import compare, targets
+
+    def mode(tokens=None, samples=None, rss=None):
+        m = {"per_round_median": [], "step_time": {"median": 1.0}}
+        if tokens:
+            m["tokens_per_s"] = {"median": tokens}
+        if samples:
+            m["samples_per_s"] = {"median": samples}
+        if rss:
+            m["peak_rss_mb"] = m["peak_above_baseline_mb"] = {"median": rss}
+        return m
+
+    out = compare({"hypo-dpo": mode(300, None, 900), "hypo-dpo-unshared": mode(150, None, 1800),
+                   "hypo-hypo": mode(None, 10, 1000), "hypo-hypo-unshared": mode(None, 4, 2500),
+                   "trl-dpo": mode(100)})
+    assert out["dpo_shared_vs_unshared"]["median"] == 2.0 and out["hypo_shared_vs_unshared"]["median"] == 2.5
+    assert out["dpo_shared_vs_unshared_peak_rss"]["median"] == 0.5
+    rows = {t["key"]: t for t in targets(out, real=True, workload="long-prompt")}
+    assert rows["dpo_shared_vs_unshared"]["met"] and rows["hypo_shared_vs_unshared"]["met"]
+    assert rows["dpo_tokens_per_s_vs_trl"]["met"] and rows["dpo_tokens_per_s_vs_trl"]["target"] == ">= 3.0"
+    standard = {t["key"] for t in targets(out, real=True)}
+    assert "hypo_shared_vs_unshared_peak_rss" in standard  # "no slowdown, no more memory" there
+    assert "dpo_shared_vs_unshared" not in {t["key"] for t in targets({}, real=True)}  # not run: not listed

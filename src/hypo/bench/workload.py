@@ -77,9 +77,10 @@ def build_bench_tokenizer():
 
 # Workload shapes. standard: prompts and responses of similar, varied length. long-prompt: TL;DR's
 # shape, a prompt ≈ 8× each response (≈ 384 + 48 tokens), where computing each prompt once per
-# pair (and per group of online samples) pays most; max_length and max_new_tokens default to it.
+# pair (and per group of online samples) pays most; max_length, max_new_tokens and the batch size
+# default to it (4 pairs: unshared HyPO on the real model at 8 pairs of this shape needs > 24 GB).
 WORKLOADS = {"standard": {}, "long-prompt": {"prompt": 384, "response": 48, "max_length": 448,
-                                              "max_new_tokens": 48}}
+                                              "max_new_tokens": 48, "batch_size": 4}}
 
 
 def synthetic_records(tokenizer, n: int, max_length: int, seed: int = 0,
