@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -131,36 +130,44 @@ def _fsync(path: Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torch.Tensor],
                     state: dict, fingerprints: dict, limit: int = 2) -> Path:
-    """Write checkpoint-<step> atomically and prune old ones; returns the final folder."""
+    """Write checkpoint-<step> atomically and prune old ones; returns the final folder.
+
+    The files are written into a fresh staging folder (a unique name: nothing planted there can be
+    in the way) and listed in the run's hypo_files.json before the folder is renamed into place.
+    """
     from safetensors.torch import save_file
 
+    from .runfolder import RunFolder
+
     output_dir = Path(output_dir)
+    run = RunFolder(output_dir)
     final = output_dir / f"{PREFIX}{step}"
-    staging = output_dir / f".{PREFIX}{step}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
-    _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
-    state_tensors: dict[str, torch.Tensor] = {}
-    tree = encode_state(state, state_tensors)
-    _write(staging / "trainer_state.safetensors", lambda path: save_file(state_tensors, path))
-    _write(staging / "trainer_state.json", lambda path: path.write_text(json.dumps(tree)))
-    files = sorted(p.name for p in staging.iterdir())
-    manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
-                "files": {name: _sha256(staging / name) for name in files}}
-    _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
-    for name in files + [MANIFEST]:
-        _fsync(staging / name)
-    old = None
-    if final.exists():  # an older copy of the same step: set it aside until the new one is in place
-        old = output_dir / f".{PREFIX}{step}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staging, final)
+    with run.staging(f"{PREFIX}{step}") as staging:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+        _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
+        state_tensors: dict[str, torch.Tensor] = {}
+        tree = encode_state(state, state_tensors)
+        _write(staging / "trainer_state.safetensors", lambda path: save_file(state_tensors, path))
+        _write(staging / "trainer_state.json", lambda path: path.write_text(json.dumps(tree)))
+        files = sorted(p.name for p in staging.iterdir())
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
+                    "files": {name: _sha256(staging / name) for name in files}}
+        _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+        for name in files + [MANIFEST]:
+            _fsync(staging / name)
+        if final.is_symlink() or (final.exists() and not run.owns(final.name)):
+            raise CheckpointError(f"{final} exists and was not written by this run (or is a link); "
+                                  "hypo does not replace it. Move it away and resume.")
+        run.record(dirs=[final.name], files=[f"{final.name}/{n}" for n in files + [MANIFEST]])
+        old = None
+        if final.exists():  # an older copy of the same step: set aside until the new one is in place
+            old = output_dir / f".{PREFIX}{step}.old-{os.getpid()}-{time.time_ns()}"
+            run.record(trees=[old.name])
+            os.replace(final, old)
+        os.replace(staging, final)
     _fsync(output_dir)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        run.remove(old.name)
     prune(output_dir, limit, keep=final)
     return final
 
@@ -171,15 +178,14 @@ LEGACY_HELP = ("uses checkpoint format {found}, whose trainer_state.pt is a Pyth
                "output_dir (see docs/security.md).")
 
 
-def verify_checkpoint(folder: Path) -> dict:
-    """The manifest of an intact checkpoint of this format; else CheckpointError saying why.
-
-    Reads only JSON and hashes bytes: an old or hostile folder is judged without being parsed.
-    """
+def _verify(folder: Path) -> dict:
+    """verify_checkpoint without the memo."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{folder}: missing or unreadable {MANIFEST} ({err}).") from None
+    except RecursionError:
+        raise CheckpointError(f"{folder}: {MANIFEST} is malformed (nested too deeply).") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{folder}: {MANIFEST} is malformed.")
     found = manifest.get("format_version")
@@ -193,11 +199,43 @@ def verify_checkpoint(folder: Path) -> dict:
             raise CheckpointError(f"{folder}: {MANIFEST} does not list {name}.")
     for name, digest in manifest["files"].items():
         path = folder / name
-        if Path(name).name != name or not path.is_file():
+        if Path(name).name != name or name in (".", "..") or not path.is_file() or path.is_symlink():
             raise CheckpointError(f"{folder}: file {name!r} listed in {MANIFEST} is missing.")
         if _sha256(path) != digest:
             raise CheckpointError(f"{folder}: {name} does not match the SHA-256 in {MANIFEST}: the "
                                   "file is damaged or was changed after the checkpoint was written.")
+    return manifest
+
+
+_VERIFIED: dict[str, tuple] = {}  # folder -> (stat signature of its files, manifest)
+
+
+def _signature(folder: Path) -> tuple:
+    try:
+        return tuple(sorted((e.name, e.stat(follow_symlinks=False).st_size,
+                             e.stat(follow_symlinks=False).st_mtime_ns, e.inode())
+                            for e in os.scandir(folder)))
+    except OSError:
+        return ()
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """The manifest of an intact checkpoint of this format; else CheckpointError saying why.
+
+    Reads only JSON and hashes bytes: an old or hostile folder is judged without being parsed.
+    A folder verified before whose files have not changed (names, sizes, times, inodes) is not
+    hashed again: the pre-flight check and the resume read it once.
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise CheckpointError(f"{folder} is a symbolic link; hypo loads only checkpoint folders it "
+                              "wrote in place.")
+    signature = _signature(folder)
+    cached = _VERIFIED.get(str(folder))
+    if cached and cached[0] == signature and signature:
+        return cached[1]
+    manifest = _verify(folder)
+    _VERIFIED[str(folder)] = (signature, manifest)
     return manifest
 
 
@@ -221,19 +259,26 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
     """Keep the `limit` newest complete checkpoints (at least 1) and always `keep` (the one just
-    written, even if a later step from an abandoned run exists); clear abandoned staging folders."""
-    for staging in output_dir.glob(f".{PREFIX}*.staging"):
-        shutil.rmtree(staging, ignore_errors=True)
+    written, even if a later step from an abandoned run exists); clear abandoned staging folders.
+    Only what the run's hypo_files.json lists is removed (``RunFolder.remove``)."""
+    from .runfolder import RunFolder
+
+    run = RunFolder(output_dir)
+    for tree in sorted(run.entries()["trees"]):
+        if tree.startswith(f".{PREFIX}"):  # staging of a save that never finished
+            run.remove(tree)
     found = []
     for step, folder in complete_checkpoints(output_dir):
+        if not run.owns(folder.name):
+            continue  # not written by this run: never removed
         if keep is not None and folder != keep and step > int(keep.name[len(PREFIX):]):
             # written by an abandoned run that went further: resuming from `keep`'s past ended it
-            shutil.rmtree(folder, ignore_errors=True)
+            run.remove(folder.name)
         elif folder != keep:
             found.append(folder)
     budget = max(limit, 1) - (keep is not None)
     for folder in found[: max(len(found) - budget, 0)]:
-        shutil.rmtree(folder, ignore_errors=True)
+        run.remove(folder.name)
 
 
 def _is_legacy(folder: Path) -> bool:
@@ -245,13 +290,46 @@ def _is_legacy(folder: Path) -> bool:
     return isinstance(found, int) and found < FORMAT_VERSION
 
 
+def checkpoint_status(output_dir: str | Path) -> list[tuple[int, Path, str | None]]:
+    """(step, folder, why it cannot load or None) of every checkpoint-N folder, oldest first."""
+    found = []
+    for folder in Path(output_dir).glob(f"{PREFIX}*"):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", folder.name)
+        if not match:
+            continue
+        try:
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder} is not a folder.")
+            verify_checkpoint(folder)
+            found.append((int(match.group(1)), folder, None))
+        except CheckpointError as err:
+            found.append((int(match.group(1)), folder, str(err)))
+    return sorted(found, key=lambda x: x[0])
+
+
+def refuse_if_none_intact(output_dir: str | Path) -> None:
+    """'auto' over checkpoints that all fail to verify: refuse, naming each and why, instead of
+    starting over (which would replace the run)."""
+    status = checkpoint_status(output_dir)
+    if status and all(why for _, _, why in status):
+        reasons = "; ".join(f"{folder.name}: {why}" for _, folder, why in status)
+        raise CheckpointError(
+            f"resume_from_checkpoint=auto: {output_dir} holds {len(status)} checkpoint(s) and none is "
+            f"intact ({reasons}). Nothing was changed. To start this run over add "
+            "--overwrite_output_dir (without --resume_from_checkpoint); to keep its files, start "
+            "in another --output_dir.")
+
+
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
     """'auto' -> newest complete checkpoint in output_dir (None if there is none); else the path.
 
     'auto' refuses (rather than silently skips) an older-format checkpoint newer than every
-    loadable one: starting over would hide that the run cannot continue from it.
+    loadable one, and a folder whose checkpoints are all damaged: starting over would hide that
+    the run cannot continue from them. A damaged checkpoint newer than an intact one is skipped
+    with a line that names it and why.
     """
     if spec == "auto":
+        refuse_if_none_intact(output_dir)
         found = complete_checkpoints(output_dir)
         newest = found[-1][0] if found else -1
         for folder in Path(output_dir).glob(f"{PREFIX}*"):
@@ -260,6 +338,11 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
                 raise CheckpointError(f"resume_from_checkpoint=auto: {folder} " + LEGACY_HELP.format(
                     found=json.loads((folder / MANIFEST).read_text())["format_version"],
                     fmt=FORMAT_VERSION))
+        for step, folder, why in checkpoint_status(output_dir):
+            if why and step > newest:
+                from .progress import console
+
+                console.print(f"skipping {folder}: {why}", markup=False, highlight=False)
         return found[-1][1] if found else None
     folder = Path(spec)
     if not folder.is_dir():

@@ -214,9 +214,11 @@ class TrainConfig:
     output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
                           "(output_dir/checkpoint-N) go.", group="output")
     overwrite_output_dir: bool = opt(
-        False, "Start over in an output_dir that holds a run: remove that run's files (checkpoints, "
-        "metrics, logs, saved model; other files stay) and train from step 0. Without it a new run "
-        "into such a folder is refused; ignored with resume_from_checkpoint.", group="output")
+        False, "Start over in an output_dir that holds a run: remove exactly the files that run "
+        "wrote (listed in its hypo_files.json; other files stay and are never overwritten) and "
+        "train from step 0. Also lets a run go into a non-empty folder that is not a run, beside "
+        "its files. Without it such folders are refused; ignored with resume_from_checkpoint.",
+        group="output")
     run_name: str | None = opt(None, "Name of the run in TensorBoard / W&B; default: the start time "
                                "and host. A resumed run keeps the name of the run it continues.",
                                group="output")
@@ -369,8 +371,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        Path(path).write_text(self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
