@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -375,3 +376,84 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
         if key not in state:
             raise CheckpointError(f"{folder}: trainer state lacks '{key}'; it cannot resume exactly.")
     return manifest, trainable, state
+
+
+def _number(value, nonneg: bool = True) -> bool:
+    """A finite int or float (not a bool), ≥ 0 if asked."""
+    ok = type(value) in (int, float) and math.isfinite(value)
+    return ok and (not nonneg or value >= 0)
+
+
+def check_state(folder: Path, manifest: dict, state: dict, trainable: dict[str, torch.Tensor],
+                params: dict[str, torch.Tensor], optimizer) -> None:
+    """Refuse a trainer state that this run's code would misread (rather than fail later with a
+    traceback, blame the data, or silently broadcast / cast): counters are non-negative integers
+    that agree with the folder and the manifest, λ is finite, every tensor has the shape and dtype
+    of the parameter it belongs to. The messages name the field and what was expected."""
+    def bad(field: str, expected: str, found) -> CheckpointError:
+        return CheckpointError(f"{folder}: {field}: expected {expected}, found {str(found)[:80]}. The "
+                               "checkpoint was not written by hypo for this run; resume another one "
+                               "or start a new run.")
+
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        raise bad("step", "an integer ≥ 0", repr(step))
+    named = re.fullmatch(rf"{PREFIX}(\d+)", Path(folder).name)
+    if manifest.get("step") != step or (named and int(named.group(1)) != step):
+        raise bad("step", f"the step in its name and in {MANIFEST} ({manifest.get('step')})", step)
+    for key in ("skipped", "consecutive_skips"):
+        if type(state.get(key, 0)) is not int or state.get(key, 0) < 0:
+            raise bad(key, "an integer ≥ 0", repr(state.get(key)))
+    if "kl_coef" in state and not _number(state["kl_coef"]):
+        raise bad("kl_coef", "a finite number ≥ 0 (λ)", repr(state["kl_coef"]))
+    for name, p in params.items():
+        t = trainable.get(name)
+        if isinstance(t, torch.Tensor) and (t.shape != p.shape or t.dtype != p.dtype):
+            raise bad(f"trainable.safetensors: {name}", f"a {p.dtype} tensor of shape "
+                      f"{tuple(p.shape)}", f"{t.dtype} {tuple(t.shape)}")
+    _check_optimizer(state.get("optimizer"), optimizer, bad)
+    sched = state.get("scheduler")
+    if not isinstance(sched, dict) or sched.get("last_epoch") != step or type(sched.get("last_epoch")) is not int:
+        raise bad("scheduler.last_epoch", f"the step, {step}",
+                  repr(sched.get("last_epoch") if isinstance(sched, dict) else sched))
+    for key in ("base_lrs", "_last_lr"):
+        values = sched.get(key)
+        if not isinstance(values, list) or len(values) != len(optimizer.param_groups) or \
+                not all(_number(v) for v in values):
+            raise bad(f"scheduler.{key}", f"{len(optimizer.param_groups)} finite numbers ≥ 0", values)
+
+
+def _check_optimizer(saved, optimizer, bad) -> None:
+    """The optimizer state must describe this optimizer's parameters: the same groups and sizes,
+    finite hyper-parameters, and moments shaped and typed as their parameters."""
+    groups = optimizer.param_groups
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+            or not isinstance(saved.get("state"), dict):
+        raise bad("optimizer", "an optimizer state with a 'state' mapping and a 'param_groups' list",
+                  repr(saved))
+    if len(saved["param_groups"]) != len(groups):
+        raise bad("optimizer.param_groups", f"{len(groups)} group(s)", len(saved["param_groups"]))
+    params = []
+    for g, (mine, theirs) in enumerate(zip(groups, saved["param_groups"])):
+        ids = theirs.get("params") if isinstance(theirs, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(mine["params"]):
+            raise bad(f"optimizer.param_groups[{g}].params", f"{len(mine['params'])} parameters", ids)
+        for key, value in theirs.items():
+            floats = value if isinstance(value, (list, tuple)) else [value]
+            if key != "params" and any(type(v) is float and not math.isfinite(v) for v in floats):
+                raise bad(f"optimizer.param_groups[{g}].{key}", "finite numbers", value)
+        params += list(zip(ids, mine["params"]))
+    where = dict(params)
+    for index, moments in saved["state"].items():
+        if index not in where or not isinstance(moments, dict):
+            raise bad(f"optimizer.state[{index}]", "the state of one of this run's parameters", index)
+        p = where[index]
+        for key, value in moments.items():
+            if key == "step":
+                number = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+                if not _number(number):
+                    raise bad(f"optimizer.state[{index}].step", "a finite count ≥ 0", value)
+            elif not isinstance(value, torch.Tensor) or value.shape != p.shape or value.dtype != p.dtype:
+                found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
+                raise bad(f"optimizer.state[{index}].{key}", f"a {p.dtype} tensor of shape "
+                          f"{tuple(p.shape)}", found)

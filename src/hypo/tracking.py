@@ -93,17 +93,12 @@ def read_jsonl(path: Path, problems: list | None = None):
     """
     if not path.exists():
         return
+    from .data import bounded_lines
+
     with path.open("rb") as fh:
-        n = 0
-        while True:
-            raw = fh.readline(MAX_LINE + 1)
-            if not raw:
-                return
-            n += 1
+        for n, raw in bounded_lines(fh, MAX_LINE):
             torn = not raw.endswith(b"\n")
             if len(raw) > MAX_LINE:
-                while raw and not raw.endswith(b"\n"):  # the rest of an over-long line
-                    raw = fh.readline(MAX_LINE)
                 why = f"longer than {MAX_LINE} bytes"
             else:
                 try:

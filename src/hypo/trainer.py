@@ -40,7 +40,7 @@ from .logprobs import position_logps_and_kls, response_positions
 from .model_card import final_metrics, write_model_card
 from .preflight import adopt_legacy_run, check_output_dir, clear_output_dir, preflight
 from .runfolder import RunFolder
-from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tensor_digests, tokenizer_fingerprint, weights_fingerprint
 from .modeling import lora_dropout_active, model_config_fingerprint, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
@@ -187,8 +187,11 @@ class Trainer:
         if self.hypo and not self.sampler.unbiased:
             console.print("[yellow]warning:[/] temperature/top_k/top_p other than 1/0/1 sample from "
                           "a different policy: the online KL estimate and its gradient are biased.")
+        digests = tensor_digests(self.pair.policy)  # every byte of the weights, read once
+        if self.pair.is_peft:  # π_ref's weights: the base's, before any update
+            self._ref_weights_fp = weights_fingerprint(self.pair.policy, base_only=True, digests=digests)
         self.fingerprints = {
-            "weights": weights_fingerprint(self.pair.policy), "tokenizer": tokenizer_fingerprint(tok),
+            "weights": weights_fingerprint(self.pair.policy, digests=digests), "tokenizer": tokenizer_fingerprint(tok),
             "train": fingerprint_pairs(self.data.train), "eval": fingerprint_pairs(self.data.eval),
             "prompts": fingerprint(self.data.prompts or [])}
         if ref_model is not None:  # a separate reference: the cache is keyed by ITS weights
@@ -733,6 +736,7 @@ class Trainer:
     def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
         """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
         sampler, RNGs and counters from it."""
+        ckpt.check_state(folder, manifest, state, trainable, self._trainable(), self.optimizer)
         old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
         changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
         changed = self._check_new_length(changed, old, state["step"], folder)
@@ -741,6 +745,9 @@ class Trainer:
         if changed:
             raise ConfigError(f"cannot resume from {folder}: these settings differ from the run that "
                               f"wrote it: {', '.join(changed)}. Restore them or start a new output_dir.")
+        if state["step"] > self.total_steps:
+            raise ckpt.CheckpointError(f"{folder}: step: expected at most {self.total_steps} (this "
+                                       f"run's length), found {state['step']}.")
         params = self._trainable()
         missing = set(params) ^ set(trainable)
         if missing:
