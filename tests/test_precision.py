@@ -39,6 +39,45 @@ def test_step_zero_rewards_and_kl_are_exactly_zero(base_config, monkeypatch, mod
     assert m["kl/online"] == 0.0
 
 
+def _layout_sensitive_model(folder):
+    """The tiny model with arithmetic that depends on the shape of each forward's batch, as a
+    BLAS's kernel choice does (MKL on AVX-512 picks other blockings for other row counts): the
+    decoder's output moves by 1e-4·((7·rows + width) mod 11). A reference computed in any other
+    batch layout than the policy's then differs from it at step 0."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+
+    def shift(_module, _inputs, output):
+        rows, width = output.last_hidden_state.shape[:2]
+        output.last_hidden_state = output.last_hidden_state + 1e-4 * ((7 * rows + width) % 11)
+        return output
+
+    model.get_decoder().register_forward_hook(shift)
+    return model
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("fast_head", [True, False], ids=["fast-head", "full-head"])
+def test_step_zero_is_exact_when_kernels_depend_on_the_batch_shape(base_config, tiny, monkeypatch,
+                                                                  fast_head, use_peft):
+    """Step-0 exactness is by construction, not by luck of one CPU's kernels: the reference cache
+    runs the training loop's own groups of pairs (and evaluation's), and the samples' reference
+    forward the policy's layout, so even a model whose values depend on the batch shape gives
+    rewards, margins and KL of exactly 0 while π = π_ref."""
+    monkeypatch.setattr(Trainer, "_check_target_only_head", lambda self: fast_head)
+    cfg = base_config(algo="hypo", max_steps=1, per_device_train_batch_size=3, max_new_tokens=4,
+                      use_peft=use_peft, eval_split_size=0.1, per_device_eval_batch_size=5,
+                      eval_online_prompts=4, length_buckets=3)
+    trainer = Trainer(cfg, model=_layout_sensitive_model(tiny["model"]))
+    initial = trainer.evaluate()
+    assert initial["eval_rewards/margins"] == 0.0 and initial["eval_rewards/chosen"] == 0.0
+    assert initial["eval_kl/online"] == 0.0
+    trainer.train()
+    m = first_logged(cfg.output_dir)
+    assert m["rewards/chosen"] == 0.0 and m["rewards/rejected"] == 0.0 and m["kl/online"] == 0.0
+
+
 def test_bf16_keeps_float32_master_weights_and_autocasts(base_config):
     cfg = base_config(bf16=True, max_steps=2, per_device_train_batch_size=4, max_new_tokens=4)
     trainer = Trainer(cfg)

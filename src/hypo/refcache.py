@@ -8,6 +8,11 @@ the model config and attention implementation, the tokenizer, the exact token id
 An entry is a safetensors file (no pickle) that carries its key in its metadata; an entry whose
 key or shape does not match, or whose values are not log-probabilities (finite, ≤ 0), is
 recomputed, never trusted.
+
+The values are computed by the policy's own pair forward over the training loop's own groups of
+pairs (``compute_reference_logps``), so the run that computes an entry sees exactly 0 rewards at
+step 0 on any CPU. How the pairs were grouped is not part of the key: a run with another seed or
+batch size reuses the entry, and its step-0 rewards are 0 up to float32 rounding (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from pathlib import Path
 import torch
 
 from .data import TokenizedPair, fingerprint
-from .logprobs import batched_logps
 
 CACHE_VERSION = 2  # 2: the key covers the model config, attention implementation and precision
 
@@ -73,26 +77,25 @@ def _read_entry(path: Path, key: str, rows: int | None) -> torch.Tensor | None:
     return logps
 
 
-def compute_reference_logps(pairs: list[TokenizedPair], ref_logps_fn, pad_token_id: int,
-                            batch_size: int, device, progress=None) -> torch.Tensor:
+def compute_reference_logps(pairs: list[TokenizedPair], groups: list[list[int]], pair_logps_fn,
+                            progress=None) -> torch.Tensor:
     """(n, 2) float32 tensor of [logp_ref(chosen), logp_ref(rejected)] per pair.
 
-    Each forward holds the chosen and the rejected responses of `batch_size` pairs.
-    ref_logps_fn: SequenceBatch -> (N,) reference log-probs. progress: optional callable(pairs done).
+    groups: the pairs' indices as the training loop's forwards hold them (one list per micro-batch,
+    every pair once); pair_logps_fn(list of b pairs) -> (2b,) [chosen..., rejected...] under π_ref,
+    the very function of the policy's forward. Same rows, same padding, same head path, hence the
+    same kernels: at step 0 (π = π_ref) the rewards are exactly 0 on any CPU (docs/reliability.md).
+    progress: optional callable(pairs done).
     """
-    prompts, responses, rows = [], [], []
-    for start in range(0, len(pairs), batch_size):
-        chunk = range(start, min(start + batch_size, len(pairs)))
-        for column, field in enumerate(("chosen_ids", "rejected_ids")):
-            prompts += [pairs[i].prompt_ids for i in chunk]
-            responses += [getattr(pairs[i], field) for i in chunk]
-            rows += [(i, column) for i in chunk]
-    logps = batched_logps(ref_logps_fn, prompts, responses, pad_token_id, 2 * batch_size, device,
-                          progress=(lambda n: progress(n // 2)) if progress else None)
+    if sorted(i for group in groups for i in group) != list(range(len(pairs))):
+        raise ValueError("groups must hold every pair's index exactly once")
     out = torch.empty(len(pairs), 2, dtype=torch.float32)
-    if rows:
-        index = torch.tensor(rows)
-        out[index[:, 0], index[:, 1]] = logps
+    for group in groups:
+        logps = pair_logps_fn([pairs[i] for i in group]).float().cpu()
+        index = torch.tensor(group, dtype=torch.long)
+        out[index, 0], out[index, 1] = logps[: len(group)], logps[len(group):]
+        if progress:
+            progress(len(group))
     return out
 
 

@@ -197,6 +197,7 @@ class Trainer:
         if ref_model is not None:  # a separate reference: the cache is keyed by ITS weights
             self.fingerprints["reference"] = weights_fingerprint(ref_model)
         self._print_data_report()
+        self.multi = self.acc.num_processes > 1  # every forward must then match across processes
         self.fast_head = self._check_target_only_head()  # before the reference cache: same path
         self.ref_train = self._reference_logps(self.data.train, "train")
         self.ref_eval = self._reference_logps(self.data.eval, "eval")
@@ -206,7 +207,6 @@ class Trainer:
         per_step = self.global_batch * cfg.gradient_accumulation_steps
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
-        self.multi = self.acc.num_processes > 1  # every forward must then match across processes
         # DeepSpeed steps inside every backward(): HyPO's two-part backward becomes one there.
         self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
@@ -292,22 +292,49 @@ class Trainer:
 
         # Called before any update, so without a held reference the policy itself is π_ref.
         policy = self.pair.policy.to(self.acc.device)
-        ref_fn = (lambda batch: self.pair.reference_logps(batch, None, self.fast_head)) if (
-            self.pair.reference or self.pair.is_peft) else (
-            lambda batch: torch.no_grad()(sequence_logps)(policy, batch, self.fast_head))
+        held = self.pair.reference is not None or self.pair.is_peft
+
+        @torch.no_grad()
+        def pair_logps(group: list[TokenizedPair]) -> torch.Tensor:
+            with self.pair.reference_view() if held else contextlib.nullcontext(policy) as ref:
+                return self._pair_logps(ref, group)
 
         def compute() -> torch.Tensor:
             with step_progress(f"reference log-probs ({name})", len(pairs),
                                cfg.disable_progress_bar or not self.acc.is_main_process) as advance:
                 with self.autocast():
-                    return compute_reference_logps(pairs, ref_fn, self.pad, cfg.per_device_eval_batch_size,
-                                                   self.acc.device, progress=lambda n: advance(n))
+                    return compute_reference_logps(pairs, self._forward_layout(name, len(pairs)),
+                                                   pair_logps, progress=lambda n: advance(n))
 
         if not cfg.precompute_ref_log_probs:
             return compute()
         with self.acc.main_process_first():
             logps, cached = load_or_compute(key, cache_dir, compute, rows=len(pairs))
         self.data.report[f"ref_cache_{name}"] = "reused" if cached else "computed"
+        return logps
+
+    def _forward_layout(self, name: str, n: int) -> list[list[int]]:
+        """The pairs' indices grouped as the loop's forwards hold them: training micro-batches of
+        the first pass over the data (the stream's first permutation, per_device_train_batch_size
+        at a time, as every process takes them), or evaluation's consecutive eval batches. The
+        reference cache runs these same groups, so at step 0 its values are the policy's, bit for
+        bit. (Later epochs regroup the pairs: π ≠ π_ref by then, and a regrouped forward differs
+        from the cached one only by float32 rounding.)"""
+        if name == "train":
+            order, size = IndexStream(n, self.cfg.seed).take(0, n), self.cfg.per_device_train_batch_size
+        else:
+            order, size = list(range(n)), self.cfg.per_device_eval_batch_size
+        return [order[i: i + size] for i in range(0, n, size)]
+
+    def _pair_logps(self, model, pairs: list[TokenizedPair]) -> torch.Tensor:
+        """(2b,) response log-probs [chosen..., rejected...] of b pairs: one pass as a few
+        length-bucketed forwards. The policy's training forward and the reference cache both run
+        through here, so equal weights give equal values, bit for bit."""
+        cfg = self.cfg
+        logps, _ = bucketed_logps(model, [p.prompt_ids for p in pairs] * 2,
+                                  [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
+                                  self.pad, self.acc.device, cfg.length_buckets, self.fast_head,
+                                  self.multi)
         return logps
 
     # ---- one micro-batch ----------------------------------------------------------------------
@@ -339,10 +366,7 @@ class Trainer:
         # Offline pairs: one pass over [chosen | rejected], as a few length-bucketed forwards.
         b = len(batch_pairs)
         with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
-            logps, _ = bucketed_logps(self.model, [p.prompt_ids for p in batch_pairs] * 2,
-                                      [p.chosen_ids for p in batch_pairs] + [p.rejected_ids for p in batch_pairs],
-                                      self.pad, device, cfg.length_buckets, self.fast_head,
-                                               self.multi)
+            logps = self._pair_logps(self.model, batch_pairs)
         ref_pairs = ref[indices].to(device)
         lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in batch_pairs],
                                device=device)  # response tokens, for ipo's per-token mean

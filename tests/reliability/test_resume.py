@@ -59,6 +59,7 @@ def test_resume_refuses_changed_settings(straight, tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_bitwise_identical(straight, tiny, tmp_path):
     """SIGKILL at step 7, then 10 more times at random moments (checkpoint writes slowed so that
     some kills land mid-write); every resume continues from the newest complete checkpoint."""
