@@ -82,7 +82,9 @@ def test_new_settings_in_yaml_and_their_choices(tmp_path):
                     "eval_strategy: epoch\nsave_strategy: 'no'\nlr_scheduler_type: inverse_sqrt\n"
                     "dataset_config: en\ntrust_remote_code: true\nattn_implementation: eager\n"
                     "lora_dropout: 0.05\nmodel_revision: v1\nmax_completion_length: 256\n")
-    cfg = TrainConfig.from_yaml(path).validate()
+    with pytest.raises(ConfigError, match="trust_remote_code: true is refused in a config file"):
+        TrainConfig.from_yaml(path)  # a file alone cannot turn on remote code (docs/security.md)
+    cfg = TrainConfig.from_yaml(path, allow_remote_code=True).validate()
     assert (cfg.optim, cfg.eval_strategy, cfg.save_strategy, cfg.lr_scheduler_type) == (
         "adamw_torch_fused", "epoch", "no", "inverse_sqrt")
     assert (cfg.dataset_config, cfg.trust_remote_code, cfg.attn_implementation, cfg.lora_dropout,

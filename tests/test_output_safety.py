@@ -65,19 +65,26 @@ def test_overwrite_removes_only_the_previous_runs_files(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(cli_args(tiny, out, tmp_path / "cache", "--save_steps", "1", "--max_steps", "3")) == 0
     (out / "notes.txt").write_text("mine")
-    (out / "README.md").write_text("# my notes, not a model card")  # not hypo's: kept... and
+    (out / "README.md").write_text("# my notes, citing arxiv:2406.01462")  # the user's, not hypo's
+    (out / "runs").mkdir(exist_ok=True)
+    (out / "runs" / "other-tool").mkdir()
+    (out / "runs" / "other-tool" / "events.log").write_text("another tool's log")
     capsys.readouterr()
     code = main(cli_args(tiny, out, tmp_path / "cache", "--overwrite_output_dir", "--max_steps", "1",
                          "--save_steps", "0"))
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "removed the previous run" in err and "notes.txt" in err  # says what it did
+    said = err.replace("\n", "")  # says what it removed and what it kept
+    assert "removed the files the previous run" in said and "checkpoint-3" in said
+    assert "kept what it did not write" in said and "notes.txt" in said and "README.md" in said
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "runs" / "other-tool" / "events.log").read_text() == "another tool's log"
     assert not list(out.glob("checkpoint-*"))  # the old run's checkpoints went explicitly
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1]  # only the new run's log
-    # ...but the final save writes this run's own model card over it.
-    assert "2406.01462" in (out / "README.md").read_text()
+    # the user's README.md is never overwritten: the model card goes beside it
+    assert (out / "README.md").read_text() == "# my notes, citing arxiv:2406.01462"
+    assert "2406.01462" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_resume_auto_cannot_restart_a_finished_run_without_checkpoints(tiny, tmp_path, capsys, monkeypatch):
@@ -92,10 +99,12 @@ def test_resume_auto_cannot_restart_a_finished_run_without_checkpoints(tiny, tmp
 
 
 def test_resume_auto_restarts_a_run_killed_before_its_first_checkpoint(tiny, tmp_path):
+    from hypo.runfolder import RunFolder
+
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "hypo_config.json").write_text("{}")
-    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    run = RunFolder(out)  # what a run killed before its first checkpoint leaves
+    run.write_text("hypo_config.json", "{}")
+    run.write_text("metrics.jsonl", '{"step": 1, "loss": 0.7}\n')
     assert main(cli_args(tiny, out, tmp_path / "cache", "--resume_from_checkpoint", "auto")) == 0
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 

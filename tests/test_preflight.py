@@ -119,8 +119,10 @@ def test_check_output_dir_is_a_plain_function(tmp_path):
     cfg = TrainConfig(model_name_or_path="m", dataset_name="d", output_dir=str(out))
     check_output_dir(cfg)  # missing folder: fine
     out.mkdir()
+    check_output_dir(cfg)  # empty folder: fine
     (out / "notes.txt").write_text("user file")
-    check_output_dir(cfg)  # unknown files alone are not a run
+    with pytest.raises(ConfigError, match="not empty and holds no hypo run"):
+        check_output_dir(cfg)  # somebody else's files: not without --overwrite_output_dir
     (out / "checkpoint-3").mkdir()
     with pytest.raises(ConfigError, match="already holds a run"):
         check_output_dir(cfg)
@@ -131,4 +133,6 @@ def test_check_output_dir_is_a_plain_function(tmp_path):
     check_output_dir(cfg)
     (out / "hypo_config.json").write_text(json.dumps({}))
     cfg.resume_from_checkpoint, cfg.overwrite_output_dir = None, True
-    check_output_dir(cfg)
+    # a run without hypo_files.json: nothing in it is provably hypo's, so nothing is overwritten
+    with pytest.raises(ConfigError, match="checkpoint-3, hypo_config.json.*before hypo kept"):
+        check_output_dir(cfg)

@@ -110,3 +110,31 @@ def test_gguf_errors_name_the_fix():
         known_gguf("no-such-model")
     with pytest.raises(ConfigError, match="no GGUF file"):
         resolve_gguf("/nonexistent", "x.gguf")
+
+
+def test_character_cut_keeps_the_real_tokenizers_tokens(smollm2):
+    """SmolLM2's byte-level BPE (49k entries, long whitespace tokens, a ChatML template): records cut
+    at char_budget before tokenizing give the tokens of the whole text where they are kept."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from hypo.data import PreferenceExample, char_budget, encode_prompt, encode_response, tokenize_pairs
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    rng = random.Random(1)
+    vocab = list(tok.get_vocab())
+    pieces = [tok.convert_tokens_to_string([t]) for t in rng.sample(vocab, 4000)] + ["  ", "\n\n", "é", "日本"]
+    text = lambda n: "".join(rng.choice(pieces) for _ in range(n))  # noqa: E731
+    budget = char_budget(tok, 128)
+    chat = lambda s: [{"role": "user", "content": s}]  # noqa: E731
+    reply = lambda s: [{"role": "assistant", "content": s}]  # noqa: E731
+    examples = [PreferenceExample(text(6000), text(6000), text(6000), index=0),
+                PreferenceExample(chat(text(6000)), reply(text(6000)), reply(text(5999)), index=1)]
+    assert all(len(e.chosen if isinstance(e.chosen, str) else e.chosen[0]["content"]) > budget
+               for e in examples)
+    cut, _ = tokenize_pairs(examples, tok, 128, 64)
+    for ex, pair in zip(examples, cut):
+        assert pair.prompt_ids == encode_prompt(ex.prompt, tok)[-64:]
+        assert pair.chosen_ids == encode_response(ex.prompt, ex.chosen, tok)[:64]
+        assert pair.rejected_ids == encode_response(ex.prompt, ex.rejected, tok)[:64]

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import ALGOS, ConfigError, TrainConfig, opt
 from .data import records_from_object
+from .runfolder import resolve_output_dir
 from .tracking import read_metrics
 from .trainer import Trainer
 
@@ -225,7 +226,7 @@ class HyPOTrainer:
 
             check_output_dir(dataclasses.replace(self.core.cfg, resume_from_checkpoint=None,
                                                  output_dir=str(output_dir or self.args.output_dir)))
-        if output_dir is None or Path(output_dir) == Path(self.args.output_dir):
+        if output_dir is None or resolve_output_dir(output_dir) == resolve_output_dir(self.args.output_dir):
             return self.core.save_model()
         kept = self.core.cfg
         self.core.cfg = dataclasses.replace(kept, output_dir=str(output_dir))

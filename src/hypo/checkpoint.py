@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -131,36 +131,44 @@ def _fsync(path: Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, trainable: dict[str, torch.Tensor],
                     state: dict, fingerprints: dict, limit: int = 2) -> Path:
-    """Write checkpoint-<step> atomically and prune old ones; returns the final folder."""
+    """Write checkpoint-<step> atomically and prune old ones; returns the final folder.
+
+    The files are written into a fresh staging folder (a unique name: nothing planted there can be
+    in the way) and listed in the run's hypo_files.json before the folder is renamed into place.
+    """
     from safetensors.torch import save_file
 
+    from .runfolder import RunFolder
+
     output_dir = Path(output_dir)
+    run = RunFolder(output_dir)
     final = output_dir / f"{PREFIX}{step}"
-    staging = output_dir / f".{PREFIX}{step}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
-    _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
-    state_tensors: dict[str, torch.Tensor] = {}
-    tree = encode_state(state, state_tensors)
-    _write(staging / "trainer_state.safetensors", lambda path: save_file(state_tensors, path))
-    _write(staging / "trainer_state.json", lambda path: path.write_text(json.dumps(tree)))
-    files = sorted(p.name for p in staging.iterdir())
-    manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
-                "files": {name: _sha256(staging / name) for name in files}}
-    _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
-    for name in files + [MANIFEST]:
-        _fsync(staging / name)
-    old = None
-    if final.exists():  # an older copy of the same step: set it aside until the new one is in place
-        old = output_dir / f".{PREFIX}{step}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staging, final)
+    with run.staging(f"{PREFIX}{step}") as staging:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+        _write(staging / "trainable.safetensors", lambda path: save_file(tensors, path))
+        state_tensors: dict[str, torch.Tensor] = {}
+        tree = encode_state(state, state_tensors)
+        _write(staging / "trainer_state.safetensors", lambda path: save_file(state_tensors, path))
+        _write(staging / "trainer_state.json", lambda path: path.write_text(json.dumps(tree)))
+        files = sorted(p.name for p in staging.iterdir())
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "fingerprints": fingerprints,
+                    "files": {name: _sha256(staging / name) for name in files}}
+        _write(staging / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+        for name in files + [MANIFEST]:
+            _fsync(staging / name)
+        if final.is_symlink() or (final.exists() and not run.owns(final.name)):
+            raise CheckpointError(f"{final} exists and was not written by this run (or is a link); "
+                                  "hypo does not replace it. Move it away and resume.")
+        run.record(dirs=[final.name], files=[f"{final.name}/{n}" for n in files + [MANIFEST]])
+        old = None
+        if final.exists():  # an older copy of the same step: set aside until the new one is in place
+            old = output_dir / f".{PREFIX}{step}.old-{os.getpid()}-{time.time_ns()}"
+            run.record(trees=[old.name])
+            os.replace(final, old)
+        os.replace(staging, final)
     _fsync(output_dir)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        run.remove(old.name)
     prune(output_dir, limit, keep=final)
     return final
 
@@ -171,15 +179,14 @@ LEGACY_HELP = ("uses checkpoint format {found}, whose trainer_state.pt is a Pyth
                "output_dir (see docs/security.md).")
 
 
-def verify_checkpoint(folder: Path) -> dict:
-    """The manifest of an intact checkpoint of this format; else CheckpointError saying why.
-
-    Reads only JSON and hashes bytes: an old or hostile folder is judged without being parsed.
-    """
+def _verify(folder: Path) -> dict:
+    """verify_checkpoint without the memo."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{folder}: missing or unreadable {MANIFEST} ({err}).") from None
+    except RecursionError:
+        raise CheckpointError(f"{folder}: {MANIFEST} is malformed (nested too deeply).") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{folder}: {MANIFEST} is malformed.")
     found = manifest.get("format_version")
@@ -193,11 +200,43 @@ def verify_checkpoint(folder: Path) -> dict:
             raise CheckpointError(f"{folder}: {MANIFEST} does not list {name}.")
     for name, digest in manifest["files"].items():
         path = folder / name
-        if Path(name).name != name or not path.is_file():
+        if Path(name).name != name or name in (".", "..") or not path.is_file() or path.is_symlink():
             raise CheckpointError(f"{folder}: file {name!r} listed in {MANIFEST} is missing.")
         if _sha256(path) != digest:
             raise CheckpointError(f"{folder}: {name} does not match the SHA-256 in {MANIFEST}: the "
                                   "file is damaged or was changed after the checkpoint was written.")
+    return manifest
+
+
+_VERIFIED: dict[str, tuple] = {}  # folder -> (stat signature of its files, manifest)
+
+
+def _signature(folder: Path) -> tuple:
+    try:
+        return tuple(sorted((e.name, e.stat(follow_symlinks=False).st_size,
+                             e.stat(follow_symlinks=False).st_mtime_ns, e.inode())
+                            for e in os.scandir(folder)))
+    except OSError:
+        return ()
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """The manifest of an intact checkpoint of this format; else CheckpointError saying why.
+
+    Reads only JSON and hashes bytes: an old or hostile folder is judged without being parsed.
+    A folder verified before whose files have not changed (names, sizes, times, inodes) is not
+    hashed again: the pre-flight check and the resume read it once.
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise CheckpointError(f"{folder} is a symbolic link; hypo loads only checkpoint folders it "
+                              "wrote in place.")
+    signature = _signature(folder)
+    cached = _VERIFIED.get(str(folder))
+    if cached and cached[0] == signature and signature:
+        return cached[1]
+    manifest = _verify(folder)
+    _VERIFIED[str(folder)] = (signature, manifest)
     return manifest
 
 
@@ -221,19 +260,26 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
     """Keep the `limit` newest complete checkpoints (at least 1) and always `keep` (the one just
-    written, even if a later step from an abandoned run exists); clear abandoned staging folders."""
-    for staging in output_dir.glob(f".{PREFIX}*.staging"):
-        shutil.rmtree(staging, ignore_errors=True)
+    written, even if a later step from an abandoned run exists); clear abandoned staging folders.
+    Only what the run's hypo_files.json lists is removed (``RunFolder.remove``)."""
+    from .runfolder import RunFolder
+
+    run = RunFolder(output_dir)
+    for tree in sorted(run.entries()["trees"]):
+        if tree.startswith(f".{PREFIX}"):  # staging of a save that never finished
+            run.remove(tree)
     found = []
     for step, folder in complete_checkpoints(output_dir):
+        if not run.owns(folder.name):
+            continue  # not written by this run: never removed
         if keep is not None and folder != keep and step > int(keep.name[len(PREFIX):]):
             # written by an abandoned run that went further: resuming from `keep`'s past ended it
-            shutil.rmtree(folder, ignore_errors=True)
+            run.remove(folder.name)
         elif folder != keep:
             found.append(folder)
     budget = max(limit, 1) - (keep is not None)
     for folder in found[: max(len(found) - budget, 0)]:
-        shutil.rmtree(folder, ignore_errors=True)
+        run.remove(folder.name)
 
 
 def _is_legacy(folder: Path) -> bool:
@@ -245,13 +291,46 @@ def _is_legacy(folder: Path) -> bool:
     return isinstance(found, int) and found < FORMAT_VERSION
 
 
+def checkpoint_status(output_dir: str | Path) -> list[tuple[int, Path, str | None]]:
+    """(step, folder, why it cannot load or None) of every checkpoint-N folder, oldest first."""
+    found = []
+    for folder in Path(output_dir).glob(f"{PREFIX}*"):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", folder.name)
+        if not match:
+            continue
+        try:
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder} is not a folder.")
+            verify_checkpoint(folder)
+            found.append((int(match.group(1)), folder, None))
+        except CheckpointError as err:
+            found.append((int(match.group(1)), folder, str(err)))
+    return sorted(found, key=lambda x: x[0])
+
+
+def refuse_if_none_intact(output_dir: str | Path) -> None:
+    """'auto' over checkpoints that all fail to verify: refuse, naming each and why, instead of
+    starting over (which would replace the run)."""
+    status = checkpoint_status(output_dir)
+    if status and all(why for _, _, why in status):
+        reasons = "; ".join(f"{folder.name}: {why}" for _, folder, why in status)
+        raise CheckpointError(
+            f"resume_from_checkpoint=auto: {output_dir} holds {len(status)} checkpoint(s) and none is "
+            f"intact ({reasons}). Nothing was changed. To start this run over add "
+            "--overwrite_output_dir (without --resume_from_checkpoint); to keep its files, start "
+            "in another --output_dir.")
+
+
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
     """'auto' -> newest complete checkpoint in output_dir (None if there is none); else the path.
 
     'auto' refuses (rather than silently skips) an older-format checkpoint newer than every
-    loadable one: starting over would hide that the run cannot continue from it.
+    loadable one, and a folder whose checkpoints are all damaged: starting over would hide that
+    the run cannot continue from them. A damaged checkpoint newer than an intact one is skipped
+    with a line that names it and why.
     """
     if spec == "auto":
+        refuse_if_none_intact(output_dir)
         found = complete_checkpoints(output_dir)
         newest = found[-1][0] if found else -1
         for folder in Path(output_dir).glob(f"{PREFIX}*"):
@@ -260,6 +339,11 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
                 raise CheckpointError(f"resume_from_checkpoint=auto: {folder} " + LEGACY_HELP.format(
                     found=json.loads((folder / MANIFEST).read_text())["format_version"],
                     fmt=FORMAT_VERSION))
+        for step, folder, why in checkpoint_status(output_dir):
+            if why and step > newest:
+                from .progress import console
+
+                console.print(f"skipping {folder}: {why}", markup=False, highlight=False)
         return found[-1][1] if found else None
     folder = Path(spec)
     if not folder.is_dir():
@@ -292,3 +376,84 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
         if key not in state:
             raise CheckpointError(f"{folder}: trainer state lacks '{key}'; it cannot resume exactly.")
     return manifest, trainable, state
+
+
+def _number(value, nonneg: bool = True) -> bool:
+    """A finite int or float (not a bool), ≥ 0 if asked."""
+    ok = type(value) in (int, float) and math.isfinite(value)
+    return ok and (not nonneg or value >= 0)
+
+
+def check_state(folder: Path, manifest: dict, state: dict, trainable: dict[str, torch.Tensor],
+                params: dict[str, torch.Tensor], optimizer) -> None:
+    """Refuse a trainer state that this run's code would misread (rather than fail later with a
+    traceback, blame the data, or silently broadcast / cast): counters are non-negative integers
+    that agree with the folder and the manifest, λ is finite, every tensor has the shape and dtype
+    of the parameter it belongs to. The messages name the field and what was expected."""
+    def bad(field: str, expected: str, found) -> CheckpointError:
+        return CheckpointError(f"{folder}: {field}: expected {expected}, found {str(found)[:80]}. The "
+                               "checkpoint was not written by hypo for this run; resume another one "
+                               "or start a new run.")
+
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        raise bad("step", "an integer ≥ 0", repr(step))
+    named = re.fullmatch(rf"{PREFIX}(\d+)", Path(folder).name)
+    if manifest.get("step") != step or (named and int(named.group(1)) != step):
+        raise bad("step", f"the step in its name and in {MANIFEST} ({manifest.get('step')})", step)
+    for key in ("skipped", "consecutive_skips"):
+        if type(state.get(key, 0)) is not int or state.get(key, 0) < 0:
+            raise bad(key, "an integer ≥ 0", repr(state.get(key)))
+    if "kl_coef" in state and not _number(state["kl_coef"]):
+        raise bad("kl_coef", "a finite number ≥ 0 (λ)", repr(state["kl_coef"]))
+    for name, p in params.items():
+        t = trainable.get(name)
+        if isinstance(t, torch.Tensor) and (t.shape != p.shape or t.dtype != p.dtype):
+            raise bad(f"trainable.safetensors: {name}", f"a {p.dtype} tensor of shape "
+                      f"{tuple(p.shape)}", f"{t.dtype} {tuple(t.shape)}")
+    _check_optimizer(state.get("optimizer"), optimizer, bad)
+    sched = state.get("scheduler")
+    if not isinstance(sched, dict) or sched.get("last_epoch") != step or type(sched.get("last_epoch")) is not int:
+        raise bad("scheduler.last_epoch", f"the step, {step}",
+                  repr(sched.get("last_epoch") if isinstance(sched, dict) else sched))
+    for key in ("base_lrs", "_last_lr"):
+        values = sched.get(key)
+        if not isinstance(values, list) or len(values) != len(optimizer.param_groups) or \
+                not all(_number(v) for v in values):
+            raise bad(f"scheduler.{key}", f"{len(optimizer.param_groups)} finite numbers ≥ 0", values)
+
+
+def _check_optimizer(saved, optimizer, bad) -> None:
+    """The optimizer state must describe this optimizer's parameters: the same groups and sizes,
+    finite hyper-parameters, and moments shaped and typed as their parameters."""
+    groups = optimizer.param_groups
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+            or not isinstance(saved.get("state"), dict):
+        raise bad("optimizer", "an optimizer state with a 'state' mapping and a 'param_groups' list",
+                  repr(saved))
+    if len(saved["param_groups"]) != len(groups):
+        raise bad("optimizer.param_groups", f"{len(groups)} group(s)", len(saved["param_groups"]))
+    params = []
+    for g, (mine, theirs) in enumerate(zip(groups, saved["param_groups"])):
+        ids = theirs.get("params") if isinstance(theirs, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(mine["params"]):
+            raise bad(f"optimizer.param_groups[{g}].params", f"{len(mine['params'])} parameters", ids)
+        for key, value in theirs.items():
+            floats = value if isinstance(value, (list, tuple)) else [value]
+            if key != "params" and any(type(v) is float and not math.isfinite(v) for v in floats):
+                raise bad(f"optimizer.param_groups[{g}].{key}", "finite numbers", value)
+        params += list(zip(ids, mine["params"]))
+    where = dict(params)
+    for index, moments in saved["state"].items():
+        if index not in where or not isinstance(moments, dict):
+            raise bad(f"optimizer.state[{index}]", "the state of one of this run's parameters", index)
+        p = where[index]
+        for key, value in moments.items():
+            if key == "step":
+                number = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+                if not _number(number):
+                    raise bad(f"optimizer.state[{index}].step", "a finite count ≥ 0", value)
+            elif not isinstance(value, torch.Tensor) or value.shape != p.shape or value.dtype != p.dtype:
+                found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
+                raise bad(f"optimizer.state[{index}].{key}", f"a {p.dtype} tensor of shape "
+                          f"{tuple(p.shape)}", found)

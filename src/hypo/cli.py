@@ -18,7 +18,7 @@ import functools
 import sys
 from dataclasses import MISSING, fields
 
-from .config import RENAMED, ConfigError, TrainConfig, coerce, field_type
+from .config import _FIELDS, RENAMED, ConfigError, TrainConfig, coerce, field_type
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,8 +55,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    """YAML file (if any) first, then every flag given on the command line on top."""
-    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    """YAML file (if any) first, then every flag given on the command line on top.
+    trust_remote_code counts only from the command line (see TrainConfig.from_yaml)."""
+    flag = getattr(args, "trust_remote_code", None)
+    on_command_line = flag is not None and coerce(flag, _FIELDS["trust_remote_code"], "command line")
+    cfg = TrainConfig.from_yaml(args.config, allow_remote_code=on_command_line) if args.config \
+        else TrainConfig()
     values = cfg.to_dict()
     for f in fields(TrainConfig):
         given = getattr(args, f.name, None)

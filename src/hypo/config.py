@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -221,9 +222,11 @@ class TrainConfig:
     output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
                           "(output_dir/checkpoint-N) go.", group="output")
     overwrite_output_dir: bool = opt(
-        False, "Start over in an output_dir that holds a run: remove that run's files (checkpoints, "
-        "metrics, logs, saved model; other files stay) and train from step 0. Without it a new run "
-        "into such a folder is refused; ignored with resume_from_checkpoint.", group="output")
+        False, "Start over in an output_dir that holds a run: remove exactly the files that run "
+        "wrote (listed in its hypo_files.json; other files stay and are never overwritten) and "
+        "train from step 0. Also lets a run go into a non-empty folder that is not a run, beside "
+        "its files. Without it such folders are refused; ignored with resume_from_checkpoint.",
+        group="output")
     run_name: str | None = opt(None, "Name of the run in TensorBoard / W&B; default: the start time "
                                "and host. A resumed run keeps the name of the run it continues.",
                                group="output")
@@ -376,8 +379,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        Path(path).write_text(self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -393,19 +399,75 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        import yaml
+    def from_yaml(cls, path: str | Path, allow_remote_code: bool = False) -> "TrainConfig":
+        """Settings from a YAML file, parsed safely and bounded (``load_yaml``).
 
+        A file cannot turn on ``trust_remote_code`` (it would run the model folder's Python): that
+        takes the command-line flag, or ``allow_remote_code=True`` from Python.
+        """
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist.") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
+        data = load_yaml(path)
+        if not allow_remote_code and "trust_remote_code" in data:
+            if coerce(data["trust_remote_code"], _FIELDS["trust_remote_code"], str(path)):
+                raise ConfigError(
+                    f"{path}: trust_remote_code: true is refused in a config file: it lets the model "
+                    "and tokenizer folders run their own Python code, and a file can come from "
+                    "anyone. If you trust the model's code, add --trust_remote_code on the command "
+                    "line (or set trust_remote_code to True in Python).")
         return cls.from_dict(data, source=str(path))
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, not a megabyte
+MAX_CONFIG_VALUES = 10_000  # YAML values after expanding aliases (&a / *a)
+
+
+def load_yaml(path: Path) -> dict:
+    """A YAML mapping, parsed by yaml's SafeLoader (plain values only), with the file size and the
+    number of values after alias expansion bounded, so a small file cannot exhaust memory (a
+    'billion laughs' alias bomb is refused before it is built)."""
+    import yaml
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size} bytes; a config file may hold at most "
+                              f"{MAX_CONFIG_BYTES} bytes of settings.")
+        loader = yaml.SafeLoader(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read as text ({err}).") from None
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _count_values(node, path)
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests values too deeply; settings are plain values "
+                          "or lists of them.") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
+    return data
+
+
+def _count_values(root, path: Path) -> None:
+    """Walk the composed YAML graph as if aliases were expanded, stopping at MAX_CONFIG_VALUES."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"config file {path}: more than {MAX_CONFIG_VALUES} values once its "
+                              "aliases (*name) are expanded; a config file holds settings with "
+                              "plain values. Write the values out instead of nesting aliases.")
+        if isinstance(node.value, list):
+            for item in node.value:
+                stack.extend(item if isinstance(item, tuple) else (item,))
 
 
 def upgrade_names(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
@@ -471,10 +533,15 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         if typ is str and isinstance(value, list):
+            if not all(isinstance(v, (str, int, float)) for v in value):
+                raise ValueError(value)
             return ",".join(str(v) for v in value)
+        if isinstance(value, (list, dict)) or (typ is str and not isinstance(value, (str, int, float))):
+            raise ValueError(value)  # a setting is one plain value (str fields: or a flat list)
         return typ(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {f.name}={value!r} is not a valid {typ.__name__}.") from None
+        shown = reprlib.repr(value)  # bounded, whatever the value holds
+        raise ConfigError(f"{source}: {f.name}={shown} is not a valid {typ.__name__}.") from None
 
 
 # Settings that change results: resuming with any of these changed is refused.

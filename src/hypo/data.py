@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import random
 import re
@@ -76,19 +75,139 @@ def _decode(data: bytes, source: str, first_line: int = 1) -> str:
                         "invalid_utf8") from None
 
 
-def _read_jsonl(data: bytes, source: str) -> Records:
+def _limit(name: str, default: int) -> int:
+    import os
+
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value.strip() else default
+    except ValueError:
+        raise DataError(f"{name}={value!r} is not a whole number.", "file") from None
+
+
+# What one source may hold (environment variables raise them): a record beyond these is more than
+# any run can use, and a small compressed file must not be able to exhaust memory.
+MAX_RECORDS = 1_000_000  # HYPO_MAX_RECORDS: records per source
+MAX_RECORD_BYTES = 64 << 20  # HYPO_MAX_RECORD_BYTES: one record (a JSONL line, CSV row, table row)
+MAX_DATA_BYTES = 4 << 30  # HYPO_MAX_DATA_BYTES: one source, uncompressed
+MAX_JSON_BYTES = 512 << 20  # a .json document is parsed whole; JSONL / Parquet are read by record
+
+
+def limits() -> tuple[int, int, int]:
+    """(records, bytes per record, bytes per source) in force."""
+    return (_limit("HYPO_MAX_RECORDS", MAX_RECORDS), _limit("HYPO_MAX_RECORD_BYTES", MAX_RECORD_BYTES),
+            _limit("HYPO_MAX_DATA_BYTES", MAX_DATA_BYTES))
+
+
+def _too_many(source: str, found: str, limit: int) -> DataError:
+    return DataError(f"{source}: holds {found} records, above the limit of {limit} per source "
+                     "(HYPO_MAX_RECORDS; each record costs memory up front). Use a subset, or raise "
+                     "HYPO_MAX_RECORDS if the machine has the memory.", "too_large")
+
+
+def _too_big(source: str, where: str, size: int, limit: int, env: str) -> DataError:
+    return DataError(f"{source}: {where} is {size} bytes, above the limit of {limit} ({env}): more "
+                     "than any run can use (records are cut to max_length tokens). Remove or "
+                     f"shorten it, or raise {env}.", "too_large")
+
+
+def _check_size(path: Path, source: str, limit: int, env: str = "HYPO_MAX_DATA_BYTES") -> None:
+    size = path.stat().st_size
+    if size > limit:
+        raise _too_big(source, "the file", size, limit, env)
+
+
+def bounded_lines(fh, limit: int):
+    """(line number, bytes) of a binary file, a line at a time; a line longer than ``limit`` comes
+    as its first limit + 1 bytes (the rest is skipped unread into memory)."""
+    n = 0
+    while True:
+        raw = fh.readline(limit + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > limit:
+            rest = raw
+            while rest and not rest.endswith(b"\n"):
+                rest = fh.readline(limit)
+        yield n, raw
+
+
+def _read_jsonl(path: Path, source: str) -> Records:
+    """JSON Lines, read line by line (a line longer than the record limit is refused unread)."""
+    max_records, max_record, max_data = limits()
+    _check_size(path, source, max_data)
     records, lines = Records(), []
-    for n, raw in enumerate(data.split(b"\n"), start=1):
-        text = _decode(raw, source, first_line=n).strip()
-        if not text:
-            continue  # blank lines (and a trailing newline) are not records
-        try:
-            records.append(json.loads(text))
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
-            raise DataError(f"{source}: line {n} (record {len(records)}): not valid JSON ({e}). "
-                            "Each line must hold one JSON object.", "invalid_json") from None
-        lines.append(n)
+    with path.open("rb") as fh:
+        for n, raw in bounded_lines(fh, max_record):
+            if len(raw) > max_record:
+                raise _too_big(source, f"line {n}", len(raw), max_record, "HYPO_MAX_RECORD_BYTES")
+            text = _decode(raw, source, first_line=n).strip()
+            if not text:
+                continue  # blank lines (and a trailing newline) are not records
+            if len(records) >= max_records:
+                raise _too_many(source, f"more than {max_records}", max_records)
+            try:
+                records.append(json.loads(text))
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
+                raise DataError(f"{source}: line {n} (record {len(records)}): not valid JSON ({e}). "
+                                "Each line must hold one JSON object.", "invalid_json") from None
+            lines.append(n)
     records.lines = lines
+    return records
+
+
+def _read_parquet(path: Path, source: str) -> list:
+    """Parquet, checked from its metadata (rows, uncompressed bytes) before any data is read, then
+    read a batch at a time with each row's size checked."""
+    import pyarrow.parquet as pq
+
+    max_records, max_record, max_data = limits()
+    meta = pq.ParquetFile(path).metadata
+    if meta.num_rows > max_records:
+        raise _too_many(source, str(meta.num_rows), max_records)
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if size > max_data:
+        raise _too_big(source, "the table (uncompressed)", size, max_data, "HYPO_MAX_DATA_BYTES")
+    records = []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            size = _record_bytes(row)
+            if size > max_record:
+                raise _too_big(source, f"record {len(records)}", size, max_record, "HYPO_MAX_RECORD_BYTES")
+            records.append(row)
+    return records
+
+
+def _record_bytes(value: Any) -> int:
+    """The text a record holds (about its size in memory, without serialising it)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_record_bytes(k) + _record_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_record_bytes(v) for v in value)
+    return 8
+
+
+def _read_csv(path: Path, source: str) -> list:
+    """CSV, read row by row (a field longer than the record limit is refused)."""
+    max_records, max_record, max_data = limits()
+    _check_size(path, source, max_data)
+    csv.field_size_limit(max_record)
+    records = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if len(records) >= max_records:
+                    raise _too_many(source, f"more than {max_records}", max_records)
+                records.append(row)
+    except csv.Error as e:
+        raise DataError(f"{source}: record {len(records)}: not valid CSV ({e}); a field may hold at "
+                        f"most {max_record} bytes (HYPO_MAX_RECORD_BYTES).", "too_large") from None
+    except UnicodeDecodeError:
+        _decode(path.read_bytes(), source)  # raises with the line number
+        raise
     return records
 
 
@@ -97,18 +216,21 @@ def _read_file(path: Path, split: str, source: str, require_split: bool = False)
     if require_split and suffix != ".json":
         raise _no_split(source, split, "a single-table file has no splits")
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    data = path.read_bytes()
+        return _read_parquet(path, source)
     if suffix == ".jsonl":
-        return _read_jsonl(data, source)
+        return _read_jsonl(path, source)
+    if suffix == ".csv":
+        return _read_csv(path, source)
     if suffix == ".json":
+        _check_size(path, source, min(MAX_JSON_BYTES, limits()[2]), "HYPO_MAX_DATA_BYTES; use JSONL "
+                    "or Parquet for larger data, they are read a record at a time")
+        data = path.read_bytes()
         text = _decode(data, source)
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             if e.msg == "Extra data":  # several documents: JSON Lines saved as .json
-                return _read_jsonl(data, source)
+                return _read_jsonl(path, source)
             raise DataError(f"{source}: line {e.lineno}: not valid JSON ({e.msg}). "
                             "Fix the file or save it as JSON Lines.", "invalid_json") from None
         except (ValueError, RecursionError) as e:
@@ -123,12 +245,9 @@ def _read_file(path: Path, split: str, source: str, require_split: bool = False)
             raise DataError(f"{source}: expected a JSON array of records (or an object with a "
                             f"'{split}' or 'data' array). Wrap the records in [...].",
                             "invalid_json")
+        if len(obj) > limits()[0]:
+            raise _too_many(source, str(len(obj)), limits()[0])
         return obj
-    if suffix == ".csv":
-        text = _decode(data, source)
-        # Long responses are legitimate; the csv default caps a field at 128 KiB.
-        csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-        return list(csv.DictReader(io.StringIO(text, newline="")))
     raise DataError(f"{source}: unsupported file type '{suffix}'. Use one of "
                     f"{', '.join(_SUFFIXES)}, a datasets folder or a hub dataset name.", "file")
 
@@ -154,6 +273,11 @@ def _from_datasets(name: str, split: str, path: Path | None, config: str | None 
     else:
         config_kw = {"name": config} if config else {}  # load_dataset's name = the configuration
         ds = datasets.load_dataset(name, split=split, **config_kw)
+    max_records, _, max_data = limits()
+    if ds.num_rows > max_records:
+        raise _too_many(name, str(ds.num_rows), max_records)
+    if ds.data.nbytes > max_data:
+        raise _too_big(name, "the dataset", ds.data.nbytes, max_data, "HYPO_MAX_DATA_BYTES")
     return ds.to_list()
 
 
@@ -509,6 +633,51 @@ def _located(ex, exc: DataError) -> DataError:
     return DataError(f"{ex.source or '<data>'}: record {ex.index}: {exc}", exc.reason)
 
 
+def longest_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token covers: the longest vocabulary entry as stored
+    (byte-level BPE stores one character per byte, so this bounds the decoded text too)."""
+    cached = getattr(tokenizer, "_hypo_longest_token", None)
+    if cached is None:
+        vocab = list(tokenizer.get_vocab())
+        cached = max([len(t) for t in vocab] + [1])
+        try:
+            tokenizer._hypo_longest_token = cached
+        except AttributeError:  # a tokenizer object that takes no new attributes
+            pass
+    return cached
+
+
+def char_budget(tokenizer, tokens: int) -> int:
+    """Characters that surely hold more than ``tokens`` tokens: every token covers at most
+    ``longest_token_chars`` characters, so this many characters give at least 2·(tokens + 1)
+    tokens. Text cut to it tokenizes, where it is kept, as the whole text does; the factor 2 leaves
+    room for merges across the cut and for normalisers that drop characters."""
+    return 2 * (tokens + 1) * longest_token_chars(tokenizer)
+
+
+def _cut_text(value, chars: int, keep_end: bool):
+    """A string or a list of messages with every text cut to ``chars`` characters (its end for
+    prompts, which keep their last tokens; its start for responses)."""
+    if isinstance(value, str):
+        if len(value) <= chars:
+            return value
+        return value[-chars:] if keep_end else value[:chars]
+    if not any(len(m["content"]) > chars for m in value):
+        return value
+    return [{**m, "content": _cut_text(m["content"], chars, keep_end)} for m in value]
+
+
+def _bounded(ex, tokenizer, prompt_tokens: int, response_tokens: int):
+    """The example with its texts cut at the character level before tokenizing: a record of any
+    size costs what ``max_length`` tokens cost (tokenizers hold several copies of their input)."""
+    prompt = _cut_text(ex.prompt, char_budget(tokenizer, prompt_tokens), keep_end=True)
+    if not hasattr(ex, "chosen"):
+        return PromptExample(prompt, ex.index, ex.source)
+    cut = char_budget(tokenizer, response_tokens)
+    return PreferenceExample(prompt, _cut_text(ex.chosen, cut, False), _cut_text(ex.rejected, cut, False),
+                             ex.index, ex.source)
+
+
 def _cut_prompt(ids: list[int], max_prompt_length: int) -> list[int]:
     # Keep the end: the latest turn and the generation prompt matter most.
     return ids[-max_prompt_length:] if len(ids) > max_prompt_length else ids
@@ -524,6 +693,7 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
                          f"({max_length}) to leave room for a response")
     pairs, stats = [], TokenizeStats(total=len(examples))
     for ex in examples:
+        ex = _bounded(ex, tokenizer, max_prompt_length, max_length)
         try:
             prompt = encode_prompt(ex.prompt, tokenizer)
             chosen = encode_response(ex.prompt, ex.chosen, tokenizer)
@@ -556,6 +726,7 @@ def tokenize_prompts(prompts: list[PromptExample], tokenizer,
     """Prompt ids for online sampling, cut to their last ``max_prompt_length`` tokens."""
     out = []
     for ex in prompts:
+        ex = _bounded(ex, tokenizer, max_prompt_length, max_prompt_length)
         try:
             out.append(_cut_prompt(encode_prompt(ex.prompt, tokenizer), max_prompt_length))
         except DataError as e:

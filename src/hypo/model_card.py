@@ -6,9 +6,10 @@ final metrics and the citation of HyPO (Song, Swamy, Singh, Bagnell, Sun, arXiv 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from .tracking import read_jsonl
 
 CITATION = """@inproceedings{song2024importance,
   title     = {The Importance of Online Data: Understanding Preference Fine-tuning via Coverage},
@@ -35,11 +36,7 @@ def final_metrics(output_dir: str | Path) -> dict:
     train, evals = {}, {}
     if not path.exists():
         return {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a torn last line
-            continue
+    for row in read_jsonl(path):
         if any(k.startswith("eval_") for k in row):
             evals = row
         elif "loss" in row:
@@ -104,14 +101,17 @@ def _sampling_line(cfg, metrics: dict) -> str:
             + (f"; {', '.join(why)}" if why else "") + ").")
 
 
-def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) -> Path:
+def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict,
+                     shown_as: str | Path | None = None) -> Path:
     """Write ``folder/README.md`` for a model trained with ``cfg`` (a TrainConfig).
 
     metrics: final metrics (name -> number); data_report: the run's data_report.json contents.
+    shown_as: the folder the model ends up in, when ``folder`` is a staging folder.
     Returns the path written. Overwrites a README.md that save_pretrained (peft) may have left.
     """
     folder = Path(folder)
-    merged = folder.name == "merged"
+    shown = Path(shown_as) if shown_as is not None else folder
+    merged = shown.name == "merged"
     adapter = cfg.use_peft and not merged
     name = "HyPO" if cfg.algo == "hypo" else "DPO"
     tags = ["hypo", "dpo"] if cfg.algo == "dpo" else ["hypo"]
@@ -126,7 +126,7 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     front += ["---", ""]
     kind = "a LoRA adapter" if adapter else ("the LoRA adapter merged into the base weights" if merged
                                              else "a fully fine-tuned model")
-    lines = [f"# {folder.resolve().name if not merged else folder.resolve().parent.name + ' (merged)'}",
+    lines = [f"# {shown.resolve().name if not merged else shown.resolve().parent.name + ' (merged)'}",
              "", f"This is {kind}, trained from `{_base_model(cfg)}` with "
              f"[hypo](https://arxiv.org/abs/2406.01462) ({name}).", "",
              "## Base model", "", f"`{_base_model(cfg)}`"
@@ -166,9 +166,9 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict) 
     else:
         lines.append("No metrics were logged.")
     load = ("from peft import AutoPeftModelForCausalLM\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{folder}\")") if adapter else (
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{shown}\")") if adapter else (
             "from transformers import AutoModelForCausalLM\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"{folder}\")")
+            f"model = AutoModelForCausalLM.from_pretrained(\"{shown}\")")
     lines += ["", "## Use", "", "```python", load, "```", "",
               "Evaluate it against its reference with `hypo eval` (reverse KL, reward model, win "
               "rate) and inspect coverage with `hypo coverage`.", "",

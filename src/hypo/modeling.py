@@ -308,28 +308,40 @@ def _base_weight_name(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-def weights_fingerprint(model: torch.nn.Module, base_only: bool = False) -> str:
-    """A cheap, content-based fingerprint of a model's weights (shape, sums and a few values per
-    tensor), independent of where the weights were loaded from.
+def tensor_digests(model: torch.nn.Module) -> dict[str, str]:
+    """name -> SHA-256 of the tensor's dtype, shape and every byte of its data, for every entry of
+    the state dict. Tensors that share memory (tied embeddings) are read once."""
+    out: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                     tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+            if where not in seen:
+                h = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                data = tensor.detach().reshape(-1).cpu().contiguous()
+                h.update(data.view(torch.uint8).numpy().data)  # the raw bytes, no conversion
+                seen[where] = h.hexdigest()
+            out[name] = seen[where]
+    return out
+
+
+def weights_fingerprint(model: torch.nn.Module, base_only: bool = False,
+                        digests: dict[str, str] | None = None) -> str:
+    """A content fingerprint of a model's weights that covers every byte of every tensor (a hash
+    of their bytes in name order; sums or samples of values collide: a permutation keeps them),
+    independent of where the weights were loaded from.
 
     base_only: skip LoRA adapter weights (names containing 'lora_') and key base weights by their
     plain names: the fingerprint of π_ref, which does not depend on the adapter's random init.
+    digests: ``tensor_digests(model)`` when already computed (the weights are read once per load).
     """
-    state = model.state_dict()
+    digests = tensor_digests(model) if digests is None else digests
     if base_only:
-        state = {_base_weight_name(n): t for n, t in state.items() if "lora_" not in n}
+        digests = {_base_weight_name(n): d for n, d in digests.items() if "lora_" not in n}
     h = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in sorted(state.items()):
-            flat = tensor.detach().reshape(-1)
-            if flat.is_floating_point():
-                stats = torch.stack([flat.double().sum(), flat.double().square().sum()])
-            else:
-                stats = flat.double().sum().reshape(1)
-            h.update(name.encode())
-            h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-            h.update(stats.cpu().numpy().tobytes())
-            h.update(flat[:16].double().cpu().numpy().tobytes())
+    for name, digest in sorted(digests.items()):
+        h.update(f"{name}\t{digest}\n".encode())
     return h.hexdigest()[:16]
 
 

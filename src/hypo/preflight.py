@@ -3,8 +3,9 @@
 Everything here is cheap (file-system checks, ``AutoConfig``, a weightless model skeleton on the
 meta device) and raises ConfigError with one paragraph saying what is wrong, where, and the fix.
 
-- ``check_output_dir``: never start a fresh run on top of another run's outputs; an output_dir that
-  is a file, sits under a file, is not writable, or is the model folder itself.
+- ``check_output_dir``: never start a fresh run on top of another run's outputs or a user's files;
+  an output_dir that is a file, sits under a file, is not writable, nests in a run or with the
+  model folder, or holds a link where the run writes (see ``runfolder``).
 - ``check_model_source``: a local-looking path that does not exist; a checkpoint without a
   causal-LM head (e.g. ``LlamaForSequenceClassification``).
 - ``check_lora_targets``: LoRA target modules that match no linear layer.
@@ -14,14 +15,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 from .config import ConfigError
 
-# Files and folders a hypo run writes into output_dir (and nothing else is ever removed).
+from .runfolder import (CARD, CARD_BESIDE, MANIFEST, RunFolder, RunFolderError, _link_text,
+                        resolve_paths)
+
+# Names a run writes at the top of output_dir. One of them there that the run did not write (not in
+# its hypo_files.json) blocks the run: hypo overwrites and deletes only what it wrote itself.
 RUN_FILES = (
-    "hypo_config.json", "data_report.json", "metrics.jsonl", "online_samples.jsonl",
+    "hypo_config.json", "data_report.json", "metrics.jsonl", "online_samples.jsonl", MANIFEST,
     # the saved model (save_pretrained, full or adapter) and its tokenizer
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_config.json",
@@ -30,35 +34,34 @@ RUN_FILES = (
     "chat_template.jinja", "chat_template.json",
 )
 RUN_FOLDERS = ("merged", "runs", "wandb")  # merged model, TensorBoard and W&B logs
-RUN_PATTERNS = (r"checkpoint-\d+", r"\.checkpoint-\d+\.(staging|old)", r"model-\d+-of-\d+\.safetensors",
-                r"pytorch_model-\d+-of-\d+\.bin", r"metrics\.tmp", r"online_samples\.tmp")
-# Any of these means "output_dir holds a run".
-RUN_MARKERS = ("metrics.jsonl", "hypo_config.json", "config.json", "adapter_config.json",
-               "model.safetensors")
+RUN_PATTERNS = (r"checkpoint-\d+", r"model-\d+-of-\d+\.safetensors", r"pytorch_model-\d+-of-\d+\.bin")
+# Written only by hypo: a folder with one of these (or hypo_files.json) holds a hypo run.
+RUN_MARKERS = ("hypo_config.json", "metrics.jsonl")
 SAVED_MODEL = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors")
-CARD_MARK = "arxiv:2406.01462"  # only a README.md that is hypo's model card is hypo's
+CARD_MARK = "arxiv:2406.01462"  # hypo's model card (adopted from runs without a manifest)
 
 
 def _checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name))
 
 
+def _hypo_name(name: str) -> bool:
+    """A name hypo writes or deletes at the top of a run folder."""
+    return (name in RUN_FILES or name in RUN_FOLDERS or name in (CARD, CARD_BESIDE)
+            or any(re.fullmatch(p, name) for p in RUN_PATTERNS))
+
+
+def is_run_root(folder: Path) -> bool:
+    """Whether ``folder`` itself is a hypo run (or one of its checkpoints)."""
+    if (folder / MANIFEST).is_file() or (folder / "hypo_config.json").is_file():
+        return True
+    return bool(re.fullmatch(r"checkpoint-\d+", folder.name)) and (folder / "manifest.json").is_file()
+
+
 def holds_run(out: Path) -> bool:
-    """Whether output_dir holds (part of) a hypo run or a saved model."""
-    return out.is_dir() and (any((out / n).exists() for n in RUN_MARKERS) or bool(_checkpoints(out)))
-
-
-def run_entries(out: Path) -> list[Path]:
-    """The entries of output_dir that a hypo run wrote (see RUN_FILES / RUN_FOLDERS / RUN_PATTERNS)."""
-    found = []
-    for entry in sorted(out.iterdir()):
-        name = entry.name
-        if (name in RUN_FILES or (name in RUN_FOLDERS and entry.is_dir())
-                or any(re.fullmatch(p, name) for p in RUN_PATTERNS)):
-            found.append(entry)
-        elif name == "README.md" and CARD_MARK in entry.read_text(errors="replace"):
-            found.append(entry)
-    return found
+    """Whether output_dir holds (part of) a hypo run: its manifest, its config or log, a checkpoint."""
+    return out.is_dir() and (is_run_root(out) or any((out / n).is_file() for n in RUN_MARKERS)
+                             or bool(_checkpoints(out)))
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -67,74 +70,176 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_dir(cfg) -> None:
-    """Refuse an output_dir that cannot be written, or that holds a run this one would destroy.
-
-    A fresh run into a folder that holds a run (metrics.jsonl, hypo_config.json, checkpoint-N, a
-    saved model) needs --resume_from_checkpoint (continue it) or --overwrite_output_dir (remove it,
-    see ``clear_output_dir``). With --resume_from_checkpoint auto and no checkpoint to resume from,
-    a folder holding a finished model is refused too (restarting would replace it); a run that was
-    interrupted before its first checkpoint simply restarts from step 0.
-    """
-    out = Path(cfg.output_dir).expanduser()
+def _check_place(cfg, out: Path) -> None:
+    """output_dir must be a writable folder that nests in no run and holds no source of this run."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file, not a folder. Choose another --output_dir "
                           "(or move the file away).")
-    existing = _nearest_existing(out.absolute())
-    if existing != out.absolute() and not existing.is_dir():
+    existing = _nearest_existing(out)
+    if existing != out and not existing.is_dir():
         raise ConfigError(f"output_dir {out} cannot be created: {existing} is a file. Choose another "
                           "--output_dir.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir {out} is not writable ({existing} does not allow writing for "
                           "this user). Choose another --output_dir or fix its permissions.")
-    model = Path(str(cfg.model_name_or_path)).expanduser()
-    if out.is_dir() and model.is_dir() and out.resolve() == model.resolve():
-        raise ConfigError(f"output_dir {out} is the model folder (model_name_or_path): the run would "
-                          "overwrite the weights it starts from. Choose another --output_dir.")
-    if not holds_run(out):
+    for parent in out.parents:
+        if is_run_root(parent):
+            raise RunFolderError(f"output_dir {out} lies inside the hypo run {parent}: a run never nests "
+                                 "in another (overwriting or pruning that run could remove it). "
+                                 "Choose an output_dir outside it.")
+    for what in ("model_name_or_path", "tokenizer_name_or_path"):
+        name = getattr(cfg, what, None)
+        source = Path(str(name)).expanduser() if name else None
+        if source is None or not source.exists():
+            continue
+        source = source.resolve()
+        if source == out:
+            raise ConfigError(f"output_dir {out} is the model folder ({what}): the run would "
+                              "overwrite the files it starts from. Choose another --output_dir.")
+        if out in source.parents or source in out.parents:
+            inside = (f"{what} {source} lies inside output_dir {out}" if out in source.parents else
+                      f"output_dir {out} lies inside the {what} folder {source}")
+            raise ConfigError(f"{inside}: a run never nests with its own source (saving or "
+                              "overwriting the run could replace it). Choose an output_dir beside it.")
+
+
+def _conflicts(cfg, out: Path, run: RunFolder) -> list[str]:
+    """Entries the run would write that exist in output_dir and are not the run's own. (A resumed
+    run may meet a checkpoint it did not write: it loads only intact ones, never replaces or
+    prunes one it did not write, and refuses an old-format one with its own reason.)"""
+    names = set(RUN_FILES) | ({p.name for p in _checkpoints(out)} if not cfg.resume_from_checkpoint else set())
+    if cfg.use_peft and cfg.merge_adapter:
+        names.add("merged")
+    if getattr(cfg, "run_name", None) and not getattr(cfg, "logging_dir", None):
+        names.add(f"runs/{cfg.run_name}")
+    foreign_readme = (out / CARD).exists() and not run.owns(CARD)
+    if foreign_readme:
+        names.add(CARD_BESIDE)
+    return sorted(n for n in names if (out / n).exists() and n != MANIFEST and not run.owns(n))
+
+
+def _refuse_conflicts(out: Path, found: list[str], legacy: bool) -> None:
+    if not found:
         return
-    resume = cfg.resume_from_checkpoint
+    why = (" It holds a run written before hypo kept hypo_files.json (the list of the files a run "
+           "wrote), so hypo cannot tell its files from yours: remove that run's files yourself."
+           if legacy else "")
+    raise RunFolderError(f"output_dir {out} holds {', '.join(found)}, which this run would write "
+                         "but did not write itself (they are not in its hypo_files.json). hypo "
+                         "never overwrites or deletes a file it did not write, even with "
+                         f"--overwrite_output_dir.{why} Move them away or choose another "
+                         "--output_dir.")
+
+
+def check_output_dir(cfg) -> None:
+    """Refuse an output_dir that cannot be written, nests in a run, holds a link where the run
+    writes, holds a run this one would destroy, or holds files that are not a run's.
+
+    Resolves cfg.output_dir (``~``, symlinks) first: see ``runfolder.resolve_paths``.
+    A fresh run needs an empty or new folder; a folder that holds a run needs
+    --resume_from_checkpoint (continue it) or --overwrite_output_dir (remove the files that run
+    wrote, listed in hypo_files.json). --resume_from_checkpoint auto refuses a folder whose
+    checkpoints are all damaged, or that holds a finished model and no checkpoint.
+    """
+    out = resolve_paths(cfg)
+    _check_place(cfg, out)
+    if not out.is_dir():
+        return
+    links = [p for p in sorted(out.iterdir()) if p.is_symlink() and _hypo_name(p.name)]
+    if links:
+        raise RunFolderError(f"output_dir {out}: {'; '.join(_link_text(p) for p in links)}. hypo "
+                             "never writes or deletes through a link it did not create. Remove the "
+                             "link(s) (the files they point to are untouched) or choose another "
+                             "--output_dir.")
+    run = RunFolder(out)
+    run.entries()  # a malformed manifest is refused here
+    if not any(out.iterdir()):
+        return
+    resume, legacy = cfg.resume_from_checkpoint, not run.exists()
+    if not holds_run(out):
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:8])
+        if resume or not cfg.overwrite_output_dir:
+            raise RunFolderError(
+                f"output_dir {out} is not empty and holds no hypo run ({shown}"
+                f"{', ...' if len(list(out.iterdir())) > 8 else ''}). A run goes into a new or empty "
+                "folder, or one a hypo run wrote. Choose another --output_dir, or add "
+                "--overwrite_output_dir to write the run beside these files (none of them is "
+                "overwritten or removed).")
+        _refuse_conflicts(out, _conflicts(cfg, out, run), legacy=False)
+        return
     if resume == "auto":
-        if not _checkpoints(out) and any((out / n).exists() for n in SAVED_MODEL):
-            raise ConfigError(
-                f"output_dir {out} holds a finished run (a saved model) but no checkpoint to resume "
-                "from (it was trained with save_steps 0, or its checkpoints were removed), so "
-                "--resume_from_checkpoint auto cannot continue it. Start a new run in another "
-                "--output_dir, or pass --overwrite_output_dir (without --resume_from_checkpoint) to "
-                "remove the old run and start over.")
+        _check_auto(out)
+        if not legacy:
+            _refuse_conflicts(out, _conflicts(cfg, out, run), legacy=False)
         return
     if resume:
         folder = Path(resume).expanduser()
-        if folder.resolve().parent != out.resolve():
+        if folder.resolve().parent != out:
             raise ConfigError(
                 f"output_dir {out} holds another run, and the checkpoint {folder} is not one of its "
                 "checkpoints: resuming it here would mix the two runs. Use an empty --output_dir, or "
                 f"resume a checkpoint of {out} (--resume_from_checkpoint auto).")
+        if not legacy:
+            _refuse_conflicts(out, _conflicts(cfg, out, run), legacy=False)
         return
-    if cfg.overwrite_output_dir:
-        return
-    raise ConfigError(
-        f"output_dir {out} already holds a run (metrics.jsonl, hypo_config.json, checkpoint-N or a "
-        "saved model); a new run would overwrite it. To continue that run from its newest checkpoint "
-        "add --resume_from_checkpoint auto; to discard it and start over add --overwrite_output_dir "
-        "(removes only hypo's own files there); or choose another --output_dir.")
+    if not cfg.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {out} already holds a run (hypo_files.json, hypo_config.json, metrics.jsonl "
+            "or checkpoint-N); a new run would overwrite it. To continue that run from its newest "
+            "checkpoint add --resume_from_checkpoint auto; to discard it and start over add "
+            "--overwrite_output_dir (removes only the files that run wrote); or choose another "
+            "--output_dir.")
+    _refuse_conflicts(out, _conflicts(cfg, out, run), legacy)
+
+
+def _check_auto(out: Path) -> None:
+    """--resume_from_checkpoint auto: some checkpoint must be intact, and a finished run without
+    checkpoints is never restarted (that would replace its model)."""
+    from .checkpoint import refuse_if_none_intact
+
+    if _checkpoints(out):
+        refuse_if_none_intact(out)
+    elif any((out / n).exists() for n in SAVED_MODEL):
+        raise ConfigError(
+            f"output_dir {out} holds a finished run (a saved model) but no checkpoint to resume "
+            "from (it was trained with save_steps 0, or its checkpoints were removed), so "
+            "--resume_from_checkpoint auto cannot continue it. Start a new run in another "
+            "--output_dir, or pass --overwrite_output_dir (without --resume_from_checkpoint) to "
+            "remove the old run and start over.")
+
+
+def adopt_legacy_run(out: Path) -> list[str]:
+    """Resuming a run written before hypo kept hypo_files.json: list its own files (the run-file
+    names, checkpoints that verify, a README.md that is hypo's model card) as the run's."""
+    from .checkpoint import read_manifest
+
+    run = RunFolder(out)
+    if run.exists() or not out.is_dir():
+        return []
+    files = [n for n in RUN_FILES if (out / n).is_file() and not (out / n).is_symlink()]
+    readme = out / CARD
+    if readme.is_file() and not readme.is_symlink() and CARD_MARK in readme.read_text(errors="replace"):
+        files.append(CARD)
+    for folder in _checkpoints(out):
+        manifest = read_manifest(folder)
+        if manifest is not None and not folder.is_symlink():
+            files += [f"{folder.name}/{name}" for name in [*manifest["files"], "manifest.json"]]
+            run.record(dirs=[folder.name])
+    logs = ("metrics.jsonl", "online_samples.jsonl")
+    run.record(written=[f for f in files if f not in logs], appended=[f for f in files if f in logs])
+    return files
 
 
 def clear_output_dir(out: str | Path) -> tuple[list[str], list[str]]:
-    """Remove the previous run's files (``run_entries``) from output_dir, nothing else.
+    """Remove the files the previous run wrote (its hypo_files.json), nothing else.
 
-    Returns (removed names, names left in place). Called by a run with overwrite_output_dir.
+    Returns (removed top-level names, names left in place). Called by a run with
+    overwrite_output_dir; ``check_output_dir`` has refused anything else it would overwrite.
     """
     out = Path(out)
     if not out.is_dir():
         return [], []
-    removed = []
-    for entry in run_entries(out):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-        removed.append(entry.name)
+    removed = sorted({p.split("/")[0] for p in RunFolder(out).remove()})
     kept = sorted(p.name for p in out.iterdir())
     return removed, kept
 
@@ -247,6 +352,7 @@ def preflight(cfg, model_given: bool = False, check_output: bool = True) -> None
     check; a GGUF model (``gguf_file``) is checked by ``hypo.gguf`` when it is converted.
     check_output: False defers the output_dir check to ``Trainer.train`` (the Python API, where
     ``train(resume_from_checkpoint=...)`` says only then whether the run continues)."""
+    resolve_paths(cfg)  # output_dir resolved once, before anything looks at it
     if check_output:
         check_output_dir(cfg)
     trust = bool(getattr(cfg, "trust_remote_code", False))

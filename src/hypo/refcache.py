@@ -6,7 +6,8 @@ the model config and attention implementation, the tokenizer, the exact token id
 (which already reflect data, chat template and max lengths) and the precision (dtype, autocast).
 
 An entry is a safetensors file (no pickle) that carries its key in its metadata; an entry whose
-key or shape does not match is recomputed, never trusted.
+key or shape does not match, or whose values are not log-probabilities (finite, ≤ 0), is
+recomputed, never trusted.
 
 The values are computed by the policy's own pair forward over the training loop's own groups of
 pairs (``compute_reference_logps``), so the run that computes an entry sees exactly 0 rewards at
@@ -27,7 +28,7 @@ CACHE_VERSION = 2  # 2: the key covers the model config, attention implementatio
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HYPO_CACHE", Path.home() / ".cache" / "hypo"))
+    return Path(os.path.expanduser(os.environ.get("HYPO_CACHE", "~/.cache/hypo")))
 
 
 def cache_key(weights_fp: str, tokenizer_fp: str, pairs_fp: str, precision: str,
@@ -37,11 +38,23 @@ def cache_key(weights_fp: str, tokenizer_fp: str, pairs_fp: str, precision: str,
                         "pairs": pairs_fp, "precision": precision, "model_config": model_config_fp})
 
 
-def _make_private_dir(folder: Path) -> None:
-    """Create the cache folder readable by its owner only (0700); an existing one is left as is."""
-    if not folder.is_dir():
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
+def make_private_dirs(folder: Path, root: Path | None = None) -> bool:
+    """Create ``folder`` and its missing parents. Under ``root`` (None: ``folder`` is the cache
+    itself) every folder created gets mode 0700, whichever command creates it first; an existing
+    folder keeps its mode. Returns whether ``folder`` is in the cache."""
+    folder = Path(folder).absolute()
+    root = folder if root is None else Path(root).absolute()
+    private = folder == root or root in folder.parents
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        if private:
+            os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+    return private
 
 
 def _read_entry(path: Path, key: str, rows: int | None) -> torch.Tensor | None:
@@ -59,6 +72,8 @@ def _read_entry(path: Path, key: str, rows: int | None) -> torch.Tensor | None:
         return None
     if rows is not None and logps.shape[0] != rows:
         return None
+    if not bool(torch.isfinite(logps).all()) or bool((logps > 0).any()):
+        return None  # not log-probabilities (a sequence's log-prob is finite and ≤ 0)
     return logps
 
 
@@ -101,7 +116,7 @@ def load_or_compute(key: str, cache_dir: Path | None, compute,
     logps = compute()
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        _make_private_dir(path.parent)
+        make_private_dirs(path.parent)
         save_file({"logps": logps.contiguous()}, tmp, metadata={"key": key})
         os.replace(tmp, path)
     except OSError as err:  # an unwritable cache costs a recomputation next time, not this run

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
+
+from .runfolder import RunFolder
 
 
 class MetricsLogger:
@@ -19,25 +23,44 @@ class MetricsLogger:
         self.tb = self.wandb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run = RunFolder(output_dir)
+        self.run.root.mkdir(parents=True, exist_ok=True)
         if "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(log_dir or Path(output_dir) / "runs"))
+            log_dir = Path(log_dir or Path(output_dir) / "runs")
+            with self._listing(log_dir):
+                self.tb = SummaryWriter(log_dir=str(log_dir))
         if "wandb" in trackers:
             try:
                 import wandb
             except ImportError:
                 raise RuntimeError("report_to includes wandb but it is not installed: "
                                    "pip install 'hypo[wandb]' (or drop wandb from report_to).") from None
-            self.wandb = wandb.init(config=config, dir=str(output_dir), reinit=True, name=run_name)
+            with self._listing(Path(output_dir) / "wandb", trees=True):
+                self.wandb = wandb.init(config=config, dir=str(output_dir), reinit=True, name=run_name)
+
+    @contextlib.contextmanager
+    def _listing(self, folder: Path, trees: bool = False):
+        """Inside the run folder: create ``folder`` as the run's (never through a link) and list
+        what the tracker adds to it; elsewhere (an explicit logging_dir) the tracker writes alone."""
+        try:
+            # abspath, not resolve: a link on the way must be seen (and refused), not followed
+            rel = Path(os.path.abspath(folder)).relative_to(self.run.root).as_posix()
+        except ValueError:
+            yield
+            return
+        self.run.mkdir(rel)
+        before = set(os.listdir(folder))
+        yield
+        new = sorted(f"{rel}/{n}" for n in set(os.listdir(folder)) - before)
+        self.run.record(**({"trees": new} if trees else {"files": new}))
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self.run.append(self.path.name, json.dumps(record) + "\n")
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 if self.tb:
@@ -59,25 +82,58 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the records of a JSONL log with "step" ≤ step; a torn last line (killed mid-write) goes too."""
+MAX_LINE = 1 << 20  # a log line longer than this is not one hypo wrote
+
+
+def read_jsonl(path: Path, problems: list | None = None):
+    """The records of a JSONL log hypo wrote: JSON objects with an integer "step", one per line.
+
+    A torn last line (killed mid-write) is skipped; any other line that is not such a record is
+    skipped too, and described in ``problems`` (file, line, what was expected).
+    """
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:
-            continue
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    from .data import bounded_lines
+
+    with path.open("rb") as fh:
+        for n, raw in bounded_lines(fh, MAX_LINE):
+            torn = not raw.endswith(b"\n")
+            if len(raw) > MAX_LINE:
+                why = f"longer than {MAX_LINE} bytes"
+            else:
+                try:
+                    row = json.loads(raw)
+                    ok = isinstance(row, dict) and type(row.get("step")) is int
+                    why = "" if ok else "not a JSON object with an integer 'step'"
+                except (ValueError, RecursionError):
+                    why = "not valid JSON"
+                    if torn:
+                        continue  # killed mid-write
+                if not why:
+                    yield row
+                    continue
+            if problems is not None:
+                problems.append(f"{path}: line {n}: {why} (expected a record such as "
+                                '{"step": 3, "loss": 0.6})')
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the records of a JSONL log with "step" ≤ step; a torn last line (killed mid-write) goes
+    too, and so does any line hypo did not write (said in one line)."""
+    if not path.exists():
+        return
+    problems: list[str] = []
+    kept = [json.dumps(r) for r in read_jsonl(path, problems) if r["step"] <= step]
+    if problems:
+        from .progress import console
+
+        console.print(f"dropped {len(problems)} line(s) that hypo did not write; the first: "
+                      f"{problems[0]}", markup=False, highlight=False)
+    RunFolder(path.parent).write_text(path.name, "".join(line + "\n" for line in kept))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    RunFolder(path.parent).append(path.name, json.dumps(record) + "\n")
 
 
 def _plain(value):
@@ -87,5 +143,5 @@ def _plain(value):
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of output_dir/metrics.jsonl (lines hypo did not write are skipped)."""
+    return list(read_jsonl(Path(output_dir) / "metrics.jsonl"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import signal
 import time
 import warnings
@@ -38,8 +39,9 @@ from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_los
 from .logprobs import position_logps_and_kls
 from .prefix import Group, response_logps, response_positions_of, supports_prefix_sharing
 from .model_card import final_metrics, write_model_card
-from .preflight import check_output_dir, clear_output_dir, preflight
-from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .preflight import adopt_legacy_run, check_output_dir, clear_output_dir, preflight
+from .runfolder import RunFolder
+from .modeling import PolicyPair, build_policy, gathered_for_generation, load_tokenizer, tensor_digests, tokenizer_fingerprint, weights_fingerprint
 from .modeling import has_lora_dropout, lora_dropout_active, model_config_fingerprint, model_source, precision_warnings, tokenizer_kwargs, with_pad_token
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
@@ -186,8 +188,11 @@ class Trainer:
         if self.hypo and not self.sampler.unbiased:
             console.print("[yellow]warning:[/] temperature/top_k/top_p other than 1/0/1 sample from "
                           "a different policy: the online KL estimate and its gradient are biased.")
+        digests = tensor_digests(self.pair.policy)  # every byte of the weights, read once
+        if self.pair.is_peft:  # π_ref's weights: the base's, before any update
+            self._ref_weights_fp = weights_fingerprint(self.pair.policy, base_only=True, digests=digests)
         self.fingerprints = {
-            "weights": weights_fingerprint(self.pair.policy), "tokenizer": tokenizer_fingerprint(tok),
+            "weights": weights_fingerprint(self.pair.policy, digests=digests), "tokenizer": tokenizer_fingerprint(tok),
             "train": fingerprint_pairs(self.data.train), "eval": fingerprint_pairs(self.data.eval),
             "prompts": fingerprint(self.data.prompts or [])}
         if ref_model is not None:  # a separate reference: the cache is keyed by ITS weights
@@ -523,10 +528,12 @@ class Trainer:
         elif cfg.overwrite_output_dir and acc.is_main_process:
             self._clear_previous_run(out_dir)
         self._set_run_name(out_dir)
-        if acc.is_main_process:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(out_dir / "hypo_config.json")
-            (out_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2) + "\n")
+        if acc.is_main_process:  # every file of the run is listed in its hypo_files.json
+            run = RunFolder(out_dir)
+            if cfg.resume_from_checkpoint:
+                adopt_legacy_run(out_dir)
+            run.write_text("hypo_config.json", cfg.to_json())
+            run.write_text("data_report.json", json.dumps(self.data.report, indent=2) + "\n")
         log_dir = Path(cfg.logging_dir) if cfg.logging_dir else out_dir / "runs" / cfg.run_name
         self.logger = MetricsLogger(out_dir, cfg.trackers(), cfg.to_dict(), enabled=acc.is_main_process,
                                     log_dir=log_dir, run_name=cfg.run_name)
@@ -625,10 +632,11 @@ class Trainer:
     def _clear_previous_run(self, out_dir: Path) -> None:
         """overwrite_output_dir: remove the previous run's own files, say what went and what stayed."""
         removed, kept = clear_output_dir(out_dir)
-        if removed:
-            console.print(f"overwrite_output_dir: removed the previous run in {out_dir} "
-                          f"({', '.join(removed)})" + (f"; left other files untouched: {', '.join(kept)}"
-                                                      if kept else ""))
+        if removed or kept:
+            console.print(f"overwrite_output_dir: removed the files the previous run in {out_dir} "
+                          f"wrote ({', '.join(removed) or 'none'})" +
+                          (f"; kept what it did not write: {', '.join(kept)}" if kept else ""),
+                          markup=False, highlight=False)
 
     def _set_run_name(self, out_dir: Path) -> None:
         """run_name (TensorBoard / W&B): given, the resumed run's own, or start time and host."""
@@ -637,8 +645,9 @@ class Trainer:
         saved = out_dir / "hypo_config.json"
         if self.cfg.resume_from_checkpoint and saved.is_file():
             try:
-                self.cfg.run_name = json.loads(saved.read_text()).get("run_name")
-            except ValueError:  # a damaged file: a new name below
+                name = json.loads(saved.read_text()).get("run_name")
+                self.cfg.run_name = name if isinstance(name, str) and re.fullmatch(r"[\w@+-][\w.@+-]{0,199}", name) else None
+            except (ValueError, AttributeError, RecursionError):  # a damaged file: a new name below
                 pass
         if not self.cfg.run_name:
             import datetime
@@ -802,6 +811,7 @@ class Trainer:
     def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
         """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
         sampler, RNGs and counters from it."""
+        ckpt.check_state(folder, manifest, state, trainable, self._trainable(), self.optimizer)
         old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
         changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
         changed = self._check_new_length(changed, old, state["step"], folder)
@@ -810,6 +820,9 @@ class Trainer:
         if changed:
             raise ConfigError(f"cannot resume from {folder}: these settings differ from the run that "
                               f"wrote it: {', '.join(changed)}. Restore them or start a new output_dir.")
+        if state["step"] > self.total_steps:
+            raise ckpt.CheckpointError(f"{folder}: step: expected at most {self.total_steps} (this "
+                                       f"run's length), found {state['step']}.")
         params = self._trainable()
         missing = set(params) ^ set(trainable)
         if missing:
@@ -864,18 +877,23 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         out = Path(self.cfg.output_dir)
+        run = RunFolder(out)  # saved into a staging folder, then moved in: see RunFolder.place
         model = self.acc.unwrap_model(self.model)
-        model.save_pretrained(out, state_dict=full)
-        self.data.tokenizer.save_pretrained(out)
         metrics = final_metrics(out)  # last logged training metrics + last eval, from metrics.jsonl
-        write_model_card(out, self.cfg, metrics, self.data.report)
+        with run.staging("model") as staging:
+            model.save_pretrained(staging, state_dict=full)
+            self.data.tokenizer.save_pretrained(staging)
+            write_model_card(staging, self.cfg, metrics, self.data.report, shown_as=out)
+            run.place(staging)
         if self.pair.is_peft and self.cfg.merge_adapter:
             import copy
 
             merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(out / "merged")
-            self.data.tokenizer.save_pretrained(out / "merged")
-            write_model_card(out / "merged", self.cfg, metrics, self.data.report)
+            with run.staging("merged") as staging:
+                merged.save_pretrained(staging)
+                self.data.tokenizer.save_pretrained(staging)
+                write_model_card(staging, self.cfg, metrics, self.data.report, shown_as=out / "merged")
+                run.place(staging, "merged")
 
     # ---- signals ------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:

@@ -41,7 +41,7 @@ def test_write_failure_at_every_file_keeps_the_previous_checkpoint(tmp_path, mon
         assert ckpt.resolve_checkpoint("auto", tmp_path) == first
     monkeypatch.setattr(ckpt, "_write", real_write)
     ckpt.save_checkpoint(tmp_path, 2, params, {**state, "step": 2}, {"data": "x"})
-    assert not list(tmp_path.glob(".checkpoint-*.staging"))  # the abandoned staging was cleared
+    assert not list(tmp_path.glob(".checkpoint-*.staging*"))  # the abandoned staging was cleared
 
 
 def test_damaged_checkpoint_is_never_loaded(tmp_path):
@@ -52,7 +52,10 @@ def test_damaged_checkpoint_is_never_loaded(tmp_path):
         fh.seek(-1, 2)
         fh.write(b"\1")
     assert ckpt.read_manifest(folder) is None
-    assert ckpt.resolve_checkpoint("auto", tmp_path) is None
+    # the only checkpoint is damaged: 'auto' refuses, naming it and why (never starts over)
+    with pytest.raises(ckpt.CheckpointError, match=r"none is intact.*checkpoint-1: .*trainable.safetensors "
+                                                   r"does not match the SHA-256"):
+        ckpt.resolve_checkpoint("auto", tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
         ckpt.resolve_checkpoint(str(folder), tmp_path)
 
@@ -81,7 +84,7 @@ def test_signal_finishes_the_step_checkpoints_and_exits(sig, code, tiny, tmp_pat
     step = found[0][0]
     logged = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     assert f'"step": {step},' in logged[-1]  # the checkpoint holds the last finished step
-    assert not list(out.glob(".checkpoint-*.staging"))
+    assert not list(out.glob(".checkpoint-*.staging*"))
 
 
 def _nan_at(trainer, bad_step):
