@@ -18,7 +18,9 @@ def _rng(s: dict | None, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 def mode_table(size: str, block: dict, peak: float | None) -> Table:
     wl = block["workload"]
     t = Table(title=f"{size}: {wl['num_params'] / 1e6:.2f}M params, max_length {wl['max_length']} "
-                    f"— medians (min–max) over measured steps", title_justify="left")
+                    f"— medians (min–max) over measured steps; GFLOP and MFU count the unshared "
+                    f"computation (the work), so a prefix-shared mode can pass 100%",
+              title_justify="left")
     for col in ("mode", "step s", "CPU s/step", "tokens/s", "samples/s", "GFLOP/step", "GFLOP/s",
                 "MFU", "peak RSS MB", "above imports MB"):
         t.add_column(col, justify="left" if col == "mode" else "right")
