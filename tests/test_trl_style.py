@@ -508,5 +508,6 @@ def test_readme_links_resolve():
     root = Path(__file__).parent.parent
     text = (root / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#]+)", text) + re.findall(r"`(\.\./[^`]+)`", text):
-        if not target.startswith("http"):
-            assert (root / target).exists(), target
+        if not target.startswith("http"):  # inside the repository: a clone has nothing else
+            path = (root / target).resolve()
+            assert path.exists() and path.is_relative_to(root.resolve()), target

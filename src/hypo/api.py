@@ -205,6 +205,7 @@ class HyPOTrainer:
 
     _tag_names = ["trl", "hypo"]
     _name = "HyPO"
+    aux_loss_enabled = False  # TRL's flag of the MoE load-balancing loss, which hypo does not add
 
     @_python_errors
     def __init__(self, model: Any = None, ref_model: Any = None, args: TrainConfig | None = None,
@@ -226,6 +227,10 @@ class HyPOTrainer:
                               "setting names; hypo.DPOConfig for DPO).")
         cfg = dataclasses.replace(args)
         self._check_algo(cfg)
+        if cfg.padding_free:  # TRL 1.16 also falls back (its padding-free path is disabled)
+            warnings.warn("padding_free=True: hypo runs each micro-batch as length buckets, each "
+                          "padded only to its own longest row (length_buckets), as TRL 1.16 falls "
+                          "back to padding; the results are the same.", UserWarning, stacklevel=3)
         _resolve_bf16(cfg)
         if cfg.disable_progress_bar:
             _quiet_loading_bars()

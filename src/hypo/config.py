@@ -243,9 +243,6 @@ class TrainConfig:
         group="algorithm")
     ref_cache_dir: str | None = opt(None, "Folder of the reference log-prob cache; default "
                                     "$HYPO_CACHE or ~/.cache/hypo.", group="algorithm")
-    precompute_ref_batch_size: int | None = opt(
-        None, "Pairs per forward when computing the reference log-probs up front; unset: "
-        "per_device_eval_batch_size.", group="algorithm")
 
     # ---- optimisation -------------------------------------------------------------------------
     learning_rate: float = opt(1e-6, "Peak AdamW learning rate.")
@@ -424,8 +421,7 @@ class TrainConfig:
         for name in ("model_init_kwargs", "gradient_checkpointing_kwargs", "lr_scheduler_kwargs"):
             need(getattr(self, name) is None or isinstance(getattr(self, name), dict), name,
                  "must be a mapping (on the command line: a JSON object).")
-        need(self.precompute_ref_batch_size is None or self.precompute_ref_batch_size >= 1,
-             "precompute_ref_batch_size", "must be ≥ 1.")
+
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1).")
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
              "must be in (0, 1].")

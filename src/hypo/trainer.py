@@ -334,8 +334,7 @@ class Trainer:
             with step_progress(f"reference log-probs ({name})", len(pairs),
                                cfg.disable_progress_bar or not self.acc.is_main_process) as advance:
                 with self.autocast():
-                    return compute_reference_logps(pairs, ref_fn, self.pad,
-                                                   cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
+                    return compute_reference_logps(pairs, ref_fn, self.pad, cfg.per_device_eval_batch_size,
                                                    self.acc.device, progress=lambda n: advance(n))
 
         if not cfg.precompute_ref_log_probs:
@@ -344,52 +343,6 @@ class Trainer:
             logps, cached = load_or_compute(key, cache_dir, compute, rows=len(pairs))
         self.data.report[f"ref_cache_{name}"] = "reused" if cached else "computed"
         return logps
-
-    def _pair_reference(self, pairs: list[TokenizedPair], name: str, keep: bool = True) -> torch.Tensor:
-        """(N, 2) reference log-probs of pairs (cached by content); LD-DPO-weighted with ld_alpha
-        (the shared prefixes are a second cached set, ``variants.shared_prefix_pairs``). keep:
-        record the pairs' fingerprint under ``name`` (checkpoints compare it on resume)."""
-        def reference(part: list[TokenizedPair], key: str) -> torch.Tensor:
-            fp = self.fingerprints.get(key) if key in ("train", "eval") else fingerprint_pairs(part)
-            if keep:
-                self.fingerprints.setdefault(key, fp)
-            return self._reference_logps(part, key, fp)
-
-        ref = reference(pairs, name)
-        if self.cfg.ld_alpha is None or not pairs:
-            return ref
-        return ld_logps(ref, reference(shared_prefix_pairs(pairs), f"{name}/shared"), self.cfg.ld_alpha)
-
-    def _variant_logps(self, pairs: list[TokenizedPair], logps: torch.Tensor, train: bool) -> dict:
-        """preference_loss' extra inputs for LD-DPO (weighted log-probs, from a forward of the shared
-        prefixes) and WPO (pair weights, from a no-grad forward): {} for plain DPO."""
-        cfg, b, out = self.cfg, len(pairs), {}
-        if cfg.ld_alpha is not None:
-            shared = shared_prefix_pairs(pairs)
-            with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
-                prefix, _ = bucketed_logps(self.model, [p.prompt_ids for p in shared] * 2,
-                                           [p.chosen_ids for p in shared] + [p.rejected_ids for p in shared],
-                                           self.pad, self.acc.device, cfg.length_buckets, self.fast_head,
-                                           self.multi)
-            out["logps"] = ld_logps(logps, prefix, cfg.ld_alpha)
-        if cfg.use_weighting:
-            with self.autocast():
-                aligned = aligned_mean_logps(self.acc.unwrap_model(self.model),
-                                             [p.prompt_ids for p in pairs] * 2,
-                                             [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
-                                             self.pad, self.acc.device)
-            out["pair_weights"] = wpo_weights(aligned[:b], aligned[b:])
-        return out
-
-    def _loss_settings(self) -> dict:
-        """preference_loss' keyword settings from cfg (rpo_alpha = one more 'sft' term)."""
-        cfg = self.cfg
-        types, weights = list(cfg.loss_type), list(cfg.loss_weights or [1.0] * len(cfg.loss_type))
-        if cfg.rpo_alpha is not None:
-            types, weights = types + ["sft"], weights + [cfg.rpo_alpha]
-        return dict(loss_type=types, loss_weights=weights, label_smoothing=cfg.label_smoothing,
-                    f_divergence_type=cfg.f_divergence_type,
-                    f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, discopop_tau=cfg.discopop_tau)
 
     # ---- one micro-batch ----------------------------------------------------------------------
     def _micro_step(self, indices: list[int], prompts: list[list[int]] | None, ref: torch.Tensor,
@@ -495,6 +448,52 @@ class Trainer:
             return seq, analytic_kl_loss(lp, positions.padded(kls, n)[0].view(*shape, -1), mask)
         ref_lp = positions.padded(ref_positions.token_logps.to(logps.device), n)[0].view(*shape, -1)
         return seq, token_kl_loss(lp, ref_lp, mask)
+
+    def _pair_reference(self, pairs: list[TokenizedPair], name: str, keep: bool = True) -> torch.Tensor:
+        """(N, 2) reference log-probs of pairs (cached by content); LD-DPO-weighted with ld_alpha
+        (the shared prefixes are a second cached set, ``variants.shared_prefix_pairs``). keep:
+        record the pairs' fingerprint under ``name`` (checkpoints compare it on resume)."""
+        def reference(part: list[TokenizedPair], key: str) -> torch.Tensor:
+            fp = self.fingerprints.get(key) if key in ("train", "eval") else fingerprint_pairs(part)
+            if keep:
+                self.fingerprints.setdefault(key, fp)
+            return self._reference_logps(part, key, fp)
+
+        ref = reference(pairs, name)
+        if self.cfg.ld_alpha is None or not pairs:
+            return ref
+        return ld_logps(ref, reference(shared_prefix_pairs(pairs), f"{name}/shared"), self.cfg.ld_alpha)
+
+    def _variant_logps(self, pairs: list[TokenizedPair], logps: torch.Tensor, train: bool) -> dict:
+        """preference_loss' extra inputs for LD-DPO (weighted log-probs, from a forward of the shared
+        prefixes) and WPO (pair weights, from a no-grad forward): {} for plain DPO."""
+        cfg, b, out = self.cfg, len(pairs), {}
+        if cfg.ld_alpha is not None:
+            shared = shared_prefix_pairs(pairs)
+            with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
+                prefix, _ = bucketed_logps(self.model, [p.prompt_ids for p in shared] * 2,
+                                           [p.chosen_ids for p in shared] + [p.rejected_ids for p in shared],
+                                           self.pad, self.acc.device, cfg.length_buckets, self.fast_head,
+                                           self.multi)
+            out["logps"] = ld_logps(logps, prefix, cfg.ld_alpha)
+        if cfg.use_weighting:
+            with self.autocast():
+                aligned = aligned_mean_logps(self.acc.unwrap_model(self.model),
+                                             [p.prompt_ids for p in pairs] * 2,
+                                             [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
+                                             self.pad, self.acc.device)
+            out["pair_weights"] = wpo_weights(aligned[:b], aligned[b:])
+        return out
+
+    def _loss_settings(self) -> dict:
+        """preference_loss' keyword settings from cfg (rpo_alpha = one more 'sft' term)."""
+        cfg = self.cfg
+        types, weights = list(cfg.loss_type), list(cfg.loss_weights or [1.0] * len(cfg.loss_type))
+        if cfg.rpo_alpha is not None:
+            types, weights = types + ["sft"], weights + [cfg.rpo_alpha]
+        return dict(loss_type=types, loss_weights=weights, label_smoothing=cfg.label_smoothing,
+                    f_divergence_type=cfg.f_divergence_type,
+                    f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, discopop_tau=cfg.discopop_tau)
 
     def _update_kl_coef(self, metrics: dict) -> None:
         """λ for the next step: from the schedule, or the kl_target controller (docs/losses.md)."""
@@ -877,7 +876,9 @@ class Trainer:
             self._event("on_prediction_step")
         n = totals.pop("pairs")
         metrics = {f"{prefix}_{k}": v / n for k, v in totals.items() if not k.startswith("tokens/")}
-        if cfg.eval_online_prompts > 0:
+        # The eval KL needs π_ref live: none is held when no eval data was known at set-up
+        # (evaluate() on a new dataset with cached reference log-probs); then it is left out.
+        if cfg.eval_online_prompts > 0 and (self.pair.is_peft or self.pair.reference is not None):
             metrics.update(self.online_kl([p.prompt_ids for p in pairs[: cfg.eval_online_prompts]],
                                           prefix=f"{prefix}_"))
         if self.compute_metrics is not None:

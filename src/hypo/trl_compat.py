@@ -150,6 +150,9 @@ TRL_SETTINGS: dict[str, Alias | Ignored | Fixed] = {
     "dataset_num_proc": Ignored("tokenization runs in the main process"),
     "pad_to_multiple_of": Ignored("padding is masked, so it never changes a result; hypo pads each "
                                   "length bucket to its own longest row"),
+    "precompute_ref_batch_size": Ignored("the reference log-probs are computed in the loop's own "
+                                         "batch layout (so at step 0 they equal the policy's), which "
+                                         "only speed would change"),
     "activation_offloading": Fixed(False, "activations are not offloaded to the CPU",
                                    "use gradient_checkpointing"),
     "pad_token": Fixed(None, "deprecated in TRL", "set tokenizer.pad_token and pass the tokenizer as "
@@ -252,5 +255,5 @@ _IGNORED_DEFAULTS = {
     "dataloader_multiprocessing_context": None, "dataloader_in_order": True,
     "remove_unused_columns": True, "length_column_name": "length", "skip_memory_metrics": True,
     "do_train": False, "do_eval": False, "do_predict": False, "local_rank": -1,
-    "dataset_num_proc": None, "pad_to_multiple_of": None,
+    "dataset_num_proc": None, "pad_to_multiple_of": None, "precompute_ref_batch_size": None,
 }
