@@ -115,10 +115,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     check_output_dir(cfg)  # before anything loads (the API checks again in train())
-    FRONT_END.set("cli")
-    trainer = (DPOTrainer if cfg.algo == "dpo" else HyPOTrainer)(args=cfg)
-    trainer.core.resume_command = resume_command(getattr(args, "argv", None) or ["train"])
-    result = trainer.train()
+    token = FRONT_END.set("cli")  # errors name flags, not Python settings
+    try:
+        trainer = (DPOTrainer if cfg.algo == "dpo" else HyPOTrainer)(args=cfg)
+        trainer.core.resume_command = resume_command(getattr(args, "argv", None) or ["train"])
+        result = trainer.train()
+    finally:
+        FRONT_END.reset(token)
     console.print(f"[green]done[/]: {result.global_step} steps; model, metrics.jsonl and logs in "
                   f"{cfg.output_dir}")
     return 0
