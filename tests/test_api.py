@@ -33,7 +33,10 @@ def config(tmp_path):
         values = dict(output_dir=str(tmp_path / "out"), ref_cache_dir=str(tmp_path / "cache"),
                       learning_rate=1e-2, per_device_train_batch_size=4, max_steps=4,
                       max_new_tokens=6, max_length=48, max_prompt_length=24, save_steps=0,
-                      report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=0)
+                      report_to="none", disable_progress_bar=True, eval_online_prompts=0, seed=0,
+                      # hypo's CLI habits rather than TRL's defaults, for these tests
+                      eval_strategy="steps", eval_steps=0, logging_steps=1,
+                      gradient_checkpointing=False, precompute_ref_log_probs=True)
         values.update(overrides)
         return HyPOConfig(**values)
 
@@ -44,28 +47,35 @@ def test_exports_and_dpo_spelling_without_importing_torch_for_the_config():
     from hypo import DPOConfig, DPOTrainer, HyPOConfig, HyPOTrainer
     from hypo.config import TrainConfig
 
-    assert HyPOConfig is TrainConfig and issubclass(DPOTrainer, HyPOTrainer)
+    assert issubclass(HyPOConfig, TrainConfig) and issubclass(DPOTrainer, HyPOTrainer)
     assert DPOConfig().algo == "dpo" and HyPOConfig().algo == "hypo"
+    assert DPOConfig("out").output_dir == "out"  # TRL's positional output_dir
     code = "import sys, hypo.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-class Recorder:
-    """Records every hook; stops training once `stop_at` steps are done."""
+from transformers import TrainerCallback  # noqa: E402
+
+
+class Recorder(TrainerCallback):
+    """Records logs, evaluations and saves; stops training once `stop_at` steps are done."""
 
     def __init__(self, stop_at=None):
         self.stop_at, self.steps, self.evals, self.saves = stop_at, [], [], []
 
-    def on_step_end(self, trainer, state, metrics):
-        self.steps.append((state.global_step, metrics["loss"]))
-        if state.global_step == self.stop_at:
-            state.should_training_stop = True
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.steps.append((state.global_step, logs["loss"]))
 
-    def on_evaluate(self, trainer, state, metrics):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.stop_at:
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.evals.append((state.global_step, metrics))
 
-    def on_save(self, trainer, state, checkpoint_dir):
-        self.saves.append(checkpoint_dir.name)
+    def on_save(self, args, state, control, **kwargs):
+        self.saves.append(f"checkpoint-{state.global_step}")
 
 
 def test_lora_on_a_dataset_with_callbacks_stopping_early(objects, config):
@@ -88,13 +98,14 @@ def test_lora_on_a_dataset_with_callbacks_stopping_early(objects, config):
     result = trainer.train()
 
     assert [s for s, _ in recorder.steps] == [1, 2] and trainer.state.global_step == 2
-    assert result.global_step == result["step"] == 2
-    assert result["loss"] == recorder.steps[-1][1]  # the last logged training metrics
-    for key in ("rewards/margins", "logps/chosen", "kl/online", "eval_loss", "eval_rewards/accuracies"):
-        assert key in result, key
+    assert result.global_step == 2
+    assert result.training_loss == pytest.approx((recorder.steps[0][1] + recorder.steps[1][1]) / 2)
+    last = [r for r in trainer.state.log_history if "loss" in r][-1]
+    for key in ("rewards/margins", "logps/chosen", "kl/online"):
+        assert key in last, key
     # One evaluation at the (early) end, reported to the callback and the history.
     assert [(s, "eval_loss" in m) for s, m in recorder.evals] == [(2, True)]
-    assert recorder.saves == ["checkpoint-2", "out"]
+    assert recorder.saves == ["checkpoint-2"]
     assert [r["step"] for r in trainer.state.log_history if "loss" in r] == [1, 2]
     assert any("eval_loss" in r for r in trainer.state.log_history)
     for n, p in trainer.model.named_parameters():  # only the adapter trained
@@ -189,7 +200,7 @@ def test_paths_only_trains_exactly_like_the_trainer(base_config, tiny):
         trainer = HyPOTrainer(args=cfg) if name == "api" else Trainer(cfg)
         result = trainer.train()
         params.append([p.detach().clone() for p in trainer.model.parameters()])
-    assert result["step"] == 2
+    assert result.global_step == 2
     assert all(torch.equal(a, b) for a, b in zip(*params))
     # A path given as an argument lands in the config (TRL's model="path").
     trainer = HyPOTrainer(model=str(tiny["model"]), args=base_config(model_name_or_path=None),
@@ -212,14 +223,14 @@ def test_docs_example_runs(tmp_path, monkeypatch):
 def test_a_folder_holding_a_run_is_refused_at_train_unless_resumed(objects, config, tmp_path):
     """TRL's flow names resume only in train(): the output_dir check waits for it, and still
     refuses to overwrite a run that is not resumed."""
-    from hypo import HyPOTrainer
+    from hypo import DPOTrainer
     from hypo.config import ConfigError
 
     tokenizer, records, make_model = objects
     args = dict(output_dir=str(tmp_path / "run"), save_steps=2, max_steps=2, algo="dpo")
-    HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+    DPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
                 processing_class=tokenizer).train()
-    again = HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+    again = DPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
                         processing_class=tokenizer)
     with pytest.raises(ConfigError, match="already holds a run"):
         again.train()
@@ -230,29 +241,29 @@ def test_gguf_file_alone_names_the_model(base_config, tiny, tmp_path, monkeypatc
     """args with gguf_file and no model_name_or_path (as `hypo train --gguf_file NAME`) train
     through the API too, from the converted folder, and the model card names the GGUF."""
     import hypo.gguf
-    from hypo import HyPOTrainer
+    from hypo import DPOTrainer
 
     calls = []
     monkeypatch.setattr(hypo.gguf, "model_folder",
                         lambda model, gguf: calls.append((model, gguf)) or str(tiny["model"]))
     args = base_config(model_name_or_path=None, gguf_file="some-model.gguf", algo="dpo", max_steps=1,
                        output_dir=str(tmp_path / "gguf-run"))
-    HyPOTrainer(args=args).train()
+    DPOTrainer(args=args).train()
     assert calls and all(c == (None, "some-model.gguf") for c in calls)
     card = (tmp_path / "gguf-run" / "README.md").read_text()
     assert "some-model.gguf" in card and "`None`" not in card
 
 
 def test_save_model_before_training_refuses_another_runs_folder(objects, config, tmp_path):
-    from hypo import HyPOTrainer
+    from hypo import DPOTrainer
     from hypo.config import ConfigError
 
     tokenizer, records, make_model = objects
     args = dict(output_dir=str(tmp_path / "run"), max_steps=1, algo="dpo")
-    HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+    DPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
                 processing_class=tokenizer).train()
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    fresh = HyPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
+    fresh = DPOTrainer(model=make_model(), args=config(**args), train_dataset=records,
                         processing_class=tokenizer)
     with pytest.raises(ConfigError, match="already holds a run"):
         fresh.save_model()

@@ -1,7 +1,7 @@
 """The `hypo` command line: help, YAML + flags, errors, an end-to-end `hypo train`."""
 
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -126,10 +126,11 @@ def test_help_prints_each_default_once(capsys, monkeypatch):
     blocks = option_help(text)
     for f in fields(TrainConfig):
         block = blocks[f"--{f.name}"]
-        default = f.default
+        default = f.default if f.default_factory is MISSING else f.default_factory()
         assert block.count("(default:") == (0 if default is None else 1), block
         if default is not None:
-            assert f"(default: {default})" in block, block
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            assert f"(default: {shown})" in block, block
     assert "(default: 16)" in blocks["--lora_r"]
 
 

@@ -239,7 +239,7 @@ def _metrics(cfg):
 
 @pytest.mark.parametrize("estimator", ["token", "analytic"])
 def test_trainer_runs_each_estimator(base_config, estimator):
-    from hypo.trainer import train
+    from hypo.api import train
 
     cfg = base_config(kl_estimator=estimator, max_steps=3, kl_coef=0.5)
     train(cfg)
@@ -291,7 +291,7 @@ def test_trainer_kl_gradient_matches_pure_function(base_config):
 
 
 def test_trainer_linear_schedule_logs_kl_coef(base_config):
-    from hypo.trainer import train
+    from hypo.api import train
 
     cfg = base_config(max_steps=5, kl_coef=0.4, kl_coef_schedule="linear", kl_coef_final=0.0)
     train(cfg)
@@ -300,7 +300,7 @@ def test_trainer_linear_schedule_logs_kl_coef(base_config):
 
 
 def test_trainer_kl_target_follows_the_controller_law(base_config):
-    from hypo.trainer import train
+    from hypo.api import train
 
     cfg = base_config(max_steps=5, kl_coef=0.2, kl_target=0.05, kl_target_rate=1.0)
     train(cfg)
@@ -327,7 +327,7 @@ def test_adapted_kl_coef_survives_resume(base_config):
     """λ under kl_target is training state: a resumed run continues with the saved λ."""
     from pathlib import Path
 
-    from hypo.trainer import train
+    from hypo.api import train
 
     cfg = base_config(max_steps=4, save_steps=2, save_total_limit=3, kl_coef=0.2, kl_target=0.05,
                       kl_target_rate=1.0)

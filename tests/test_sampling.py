@@ -228,7 +228,7 @@ def test_one_generate_call_per_optimizer_step_for_all_micro_batches(base_config)
         return micro_step(indices, prompts, *args, presampled=presampled, **kwargs)
 
     trainer.sampler.sample, trainer._micro_step = counting_sample, checking_micro_step
-    assert trainer.train()["step"] == 2
+    assert trainer.train().global_step == 2
     assert calls == [12, 12] and checked == [4] * 6
 
 

@@ -23,8 +23,9 @@ def test_training_learns_and_keeps_reference_fixed(base_config, algo):
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     initial = trainer.evaluate()
     assert initial["eval_kl/online"] == 0.0  # policy == reference before training
-    result = trainer.train()
+    trainer.train()
     metrics = read_metrics(cfg.output_dir)
+    result = [m for m in metrics if "eval_loss" in m][-1]  # the final evaluation
     train_rows = [m for m in metrics if "loss" in m]
     assert len(train_rows) == 30
     m0, m1 = first_last(train_rows, "rewards/margins")
@@ -144,11 +145,19 @@ def test_bfloat16_and_cosine_warmup_run(base_config):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
 
 
-def test_step_callbacks_and_token_counts(base_config):
-    cfg = base_config(algo="hypo", max_steps=3)
-    trainer = Trainer(cfg)
+def test_trainer_callbacks_and_token_counts(base_config):
+    """The core loop speaks transformers' TrainerCallback protocol (on_log gets the step's metrics)."""
+    from transformers import TrainerCallback
+
     seen = []
-    trainer.step_callbacks.append(lambda t, m: seen.append((t.step, m["tokens/pairs"], m["tokens/online"])))
+
+    class Tokens(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "tokens/pairs" in logs:
+                seen.append((state.global_step, logs["tokens/pairs"], logs["tokens/online"]))
+
+    cfg = base_config(algo="hypo", max_steps=3)
+    trainer = Trainer(cfg, callbacks=[Tokens()])
     trainer.train()
     assert [s for s, _, _ in seen] == [1, 2, 3]
     data = trainer.data.train

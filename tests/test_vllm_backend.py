@@ -180,7 +180,7 @@ def test_trainer_samples_through_vllm(monkeypatch, base_config):
                                   per_device_train_batch_size=4, gradient_accumulation_steps=2))
     assert isinstance(trainer.sampler, VLLMSampler)
     result = trainer.train()
-    assert result["step"] == 2
+    assert result.global_step == 2
     kinds = [e[0] for e in events]
     assert kinds.count("sync") == kinds.count("generate") == 4  # one per micro-batch
     assert all(kinds[i - 2] == "sync" for i, k in enumerate(kinds) if k == "generate")

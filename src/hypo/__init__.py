@@ -3,7 +3,7 @@
 Implements Song, Swamy, Singh, Bagnell, Sun, "The Importance of Online Data: Understanding
 Preference Fine-tuning via Coverage", arXiv 2406.01462 (NeurIPS 2024).
 
-    from hypo import HyPOConfig, HyPOTrainer      # or DPOConfig / DPOTrainer (algo="dpo")
+    from hypo import DPOConfig, DPOTrainer        # TRL's API; HyPOConfig / HyPOTrainer for HyPO
 
 See docs/python-api.md.
 """
@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 # Exported lazily, so `import hypo.config` (the CLI's --help, YAML checks) does not import torch.
 _EXPORTS = {"HyPOConfig": "api", "HyPOTrainer": "api", "DPOConfig": "api", "DPOTrainer": "api",
-            "HyPOCallback": "api", "TrainerState": "api", "TrainOutput": "api",
+            "TrainerCallback": "callbacks", "TrainerState": "callbacks",
+            "TrainerControl": "callbacks", "TrainOutput": "callbacks",
             "ConfigError": "config", "DataError": "data", "CheckpointError": "checkpoint"}
 __all__ = sorted(_EXPORTS)
 

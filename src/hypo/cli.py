@@ -42,7 +42,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         typ = field_type(f)
         # One "(default: ...)" per option, the real one (argparse's default is None = "not given";
         # a None default is described by the help text itself).
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None else f" (default: {_shown(default)})"
         kwargs = {"default": None, "dest": f.name, "metavar": typ.__name__.upper(),
                   "help": f"{f.metadata['help']}{shown}"}
         if f.metadata.get("choices"):
@@ -50,8 +50,31 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
         if typ is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if typ is list or f.name in LIST_FLAGS:  # TRL's CLI: space-separated (commas work too)
+            kwargs["nargs"] = "+"
+            if typ is list:
+                kwargs["metavar"] = ("TYPE" if f.metadata.get("choices") else
+                                     "FLOAT" if "float" in str(f.type) else "STR")
         old_names = [f"--{old}" for old, new in RENAMED.items() if new == f.name]
         group.add_argument(f"--{f.name}", *old_names, **kwargs)
+
+
+# str settings that hold lists (comma-joined); typed list[...] settings take several values anyway.
+LIST_FLAGS = ("lora_target_modules", "report_to")
+
+
+def _shown(default) -> str:
+    return " ".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def unknown_flags_error(unknown: list[str]) -> str:
+    """The unrecognised flags of `hypo train`, with a hint for each TRL one."""
+    from .trl_compat import hint
+
+    flags = [u.split("=", 1)[0] for u in unknown if u.startswith("--")]
+    lines = [f"unrecognized arguments: {' '.join(unknown)}"]
+    lines += [h for h in (hint(f[2:]) for f in flags) if h]
+    return "\n".join(lines)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -89,14 +112,21 @@ def resume_command(argv: list[str]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`hypo train`: through the Python API (the front door), with the command line's wording."""
+    from .api import FRONT_END, DPOTrainer, HyPOTrainer
+    from .preflight import check_output_dir
     from .progress import console
-    from .trainer import Trainer
 
     cfg = build_config(args)
-    trainer = Trainer(cfg)
-    trainer.resume_command = resume_command(getattr(args, "argv", None) or ["train"])
-    result = trainer.train()
-    console.print(f"[green]done[/]: {result.get('step')} steps; model, metrics.jsonl and logs in "
+    check_output_dir(cfg)  # before anything loads (the API checks again in train())
+    token = FRONT_END.set("cli")  # errors name flags, not Python settings
+    try:
+        trainer = (DPOTrainer if cfg.algo == "dpo" else HyPOTrainer)(args=cfg)
+        trainer.core.resume_command = resume_command(getattr(args, "argv", None) or ["train"])
+        result = trainer.train()
+    finally:
+        FRONT_END.reset(token)
+    console.print(f"[green]done[/]: {result.global_step} steps; model, metrics.jsonl and logs in "
                   f"{cfg.output_dir}")
     return 0
 
@@ -400,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return lab_main(argv[1:])
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = parser._subparsers._group_actions[0].choices.get(getattr(args, "command", None))
+        (sub or parser).error(unknown_flags_error(unknown))
     args.argv = argv  # for the exact resume command after a signal
     if not getattr(args, "func", None):
         parser.print_help()

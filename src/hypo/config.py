@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 ALGOS = ("hypo", "dpo")
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+# TRL 1.16's loss types (hypo.losses.PAIR_LOSSES); a list of several is a weighted sum (MPO).
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+              "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+# Losses built on the chosen-minus-rejected score, the only ones an f-divergence generalises (TRL).
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
+LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
+TRUNCATION_MODES = ("keep_end", "keep_start")
+HUB_STRATEGIES = ("every_save", "end")
 KL_ESTIMATORS = ("seq", "token", "analytic")  # hypo.losses.KL_ESTIMATORS
 KL_SCHEDULES = ("constant", "linear", "cosine")
 # transformers' SchedulerType values that need no extra arguments (cosine_with_min_lr,
@@ -65,9 +73,11 @@ class TrainConfig:
                                    "comma-separated list of module names.", group="model")
     merge_adapter: bool = opt(False, "With use_peft, also save the adapter merged into the base "
                               "weights under output_dir/merged.", group="model")
-    bf16: bool = opt(False, "Mixed precision (recommended on GPUs): float32 master weights and optimizer "
-                     "state, every forward (policy, reference, sampling) under bf16 autocast. Needs "
-                     "dtype float32. CPUs without native bf16 kernels run it far slower.", group="model")
+    bf16: bool | None = opt(
+        False, "Mixed precision (recommended on GPUs): float32 master weights and optimizer state, "
+        "every forward (policy, reference, sampling) under bf16 autocast. Needs dtype float32. CPUs "
+        "without native bf16 kernels run it far slower. Unset (the Python API's default): on where "
+        "the GPU has bf16, off on CPUs (TRL: on unless fp16).", group="model")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save "
                                        "memory (slower).", group="model")
     model_revision: str | None = opt(
@@ -78,6 +88,15 @@ class TrainConfig:
     attn_implementation: str | None = opt(
         None, "Attention kernel passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2', "
         "...; unset: transformers' choice.", group="model")
+    model_init_kwargs: dict | None = opt(
+        None, "Keyword arguments of from_pretrained when the model is given by name (TRL's "
+        "model_init_kwargs), e.g. {\"attn_implementation\": \"sdpa\"}; on the command line as "
+        "JSON. 'dtype' / 'torch_dtype', 'revision' and 'attn_implementation' set the fields of that "
+        "name; trust_remote_code is its own setting (never read from here).", group="model")
+    gradient_checkpointing_kwargs: dict | None = opt(
+        None, "Options of gradient checkpointing (transformers' gradient_checkpointing_kwargs); "
+        "unset: {\"use_reentrant\": false}.", group="model")
+    use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.", group="model")
     lora_dropout: float = opt(
         0.0, "Dropout on the LoRA branch, active only in the training forward of the offline pairs "
         "(sampling, the KL term and evaluation run without it). π = π_ref still holds at step 0 "
@@ -118,6 +137,16 @@ class TrainConfig:
     max_completion_length: int | None = opt(
         None, "Maximum response tokens: chosen and rejected keep their first tokens; they are also "
         "cut to fit max_length after the prompt. Unset: only max_length limits them.", group="data")
+    truncation_mode: str = opt(
+        "keep_end", "How pairs longer than max_length are cut. 'keep_end': prompts keep their last "
+        "tokens (max_prompt_length, or the limit derived from it), responses their first. "
+        "'keep_start' (TRL 1.16's default): prompts are kept whole and pairs whose prompt alone "
+        "fills max_length are dropped (with max_prompt_length set, prompts keep their first tokens); "
+        "responses keep their first tokens.", TRUNCATION_MODES, group="data")
+    padding_free: bool = opt(
+        False, "TRL's padding-free batches. As in TRL 1.16 (where it is temporarily unavailable) "
+        "True warns and falls back: hypo already runs each micro-batch as length buckets, each "
+        "padded only to its own longest row (length_buckets).", group="data")
     skip_invalid_records: bool = opt(
         False, "Drop malformed records (and report a count per reason) instead of stopping with an "
         "error that names the file, record and field.", group="data")
@@ -126,16 +155,44 @@ class TrainConfig:
     algo: str = opt("hypo", "Training algorithm: 'hypo' (DPO + reverse-KL penalty on online "
                     "samples, arXiv 2406.01462) or 'dpo' (offline only).", ALGOS, group="algorithm")
     beta: float = opt(0.1, "DPO temperature β in h = β·(log-ratio margin).", group="algorithm")
-    loss_type: str = opt(
-        "sigmoid", "Offline contrastive loss with the log-ratio margin u: 'sigmoid' (DPO, "
-        "−log σ(β·u)), 'hinge' (SLiC, max(0, 1 − β·u)) — both as TRL 1.16 — or 'ipo' ((ū − 1/(2β))², "
-        "ū the margin of per-token mean log-ratios, as TRL 1.16 and the IPO authors). See "
+    loss_type: list[str] = opt(
+        ["sigmoid"], "Offline loss(es), TRL 1.16's: sigmoid (DPO), hinge, ipo, exo_pair, nca_pair, "
+        "robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, "
+        "sigmoid_norm (ipo and sigmoid_norm on per-token mean log-ratios, as TRL). Several are summed "
+        "with loss_weights (MPO: sigmoid bco_pair sft). Each combines with HyPO's kl_coef. See "
         "docs/losses.md.", LOSS_TYPES, group="algorithm")
-    label_smoothing: float = opt(
-        0.0, "Conservative DPO (cDPO): assumed probability ε that a preference label is flipped; "
-        "loss −(1−ε)·log σ(β·u) − ε·log σ(−β·u) (sigmoid loss only). Unlike hypo, TRL 1.16's "
-        "sigmoid loss ignores label_smoothing (it uses it for its 'robust' and 'exo_pair' losses).",
+    loss_weights: list[float] | None = opt(
+        None, "Weights of the loss_type list (unset: 1 each).", group="algorithm")
+    f_divergence_type: str = opt(
+        "reverse_kl", "f-DPO's divergence between policy and reference: reverse_kl (DPO), "
+        "forward_kl, js_divergence or alpha_divergence; only for the losses built on the "
+        "chosen-minus-rejected score (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, "
+        "discopop, sft).", F_DIVERGENCES, group="algorithm")
+    f_alpha_divergence_coef: float = opt(0.5, "α of f_divergence_type alpha_divergence.",
+                                         group="algorithm")
+    use_weighting: bool = opt(
+        False, "WPO: weight each pair by the policy's length-normalised probability of its two "
+        "responses (arXiv 2406.11827); costs one more no-grad forward of the pairs.", group="algorithm")
+    ld_alpha: float | None = opt(
+        None, "LD-DPO's α in [0, 1] (arXiv 2409.06411): tokens of the longer response past the "
+        "shorter one's length count α times in every log-prob (unset: plain sums).", group="algorithm")
+    discopop_tau: float = opt(0.05, "τ of loss_type discopop.", group="algorithm")
+    rpo_alpha: float | None = opt(
+        None, "RPO (arXiv 2404.19733, TRL < 1.0's rpo_alpha): add α times the chosen responses' "
+        "mean token NLL; the same as appending 'sft' to loss_type with weight α.", group="algorithm")
+    sync_ref_model: bool = opt(
+        False, "TR-DPO (arXiv 2404.09656): every ref_model_sync_steps steps the reference becomes "
+        "α·policy + (1−α)·reference (α = ref_model_mixup_alpha) and the pairs' reference log-probs "
+        "are recomputed. Full fine-tuning without precompute_ref_log_probs, as in TRL.",
         group="algorithm")
+    ref_model_mixup_alpha: float = opt(0.6, "α of sync_ref_model.", group="algorithm")
+    ref_model_sync_steps: int = opt(512, "Steps between reference syncs (sync_ref_model).",
+                                    group="algorithm")
+    label_smoothing: float = opt(
+        0.0, "ε, the assumed probability that a preference label is flipped: robust DPO, EXO "
+        "(exo_pair needs ε > 0) and aot use it as TRL 1.16; with 'sigmoid' hypo applies conservative "
+        "DPO (cDPO), −(1−ε)·log σ(β·u) − ε·log σ(−β·u), where TRL 1.16's sigmoid loss ignores "
+        "label_smoothing.", group="algorithm")
     kl_coef: float = opt(0.1, "HyPO's λ: weight of the reverse-KL term KL(π‖π_ref) estimated on "
                          "online samples. 0 reproduces DPO exactly.", group="algorithm")
     kl_estimator: str = opt(
@@ -209,6 +266,9 @@ class TrainConfig:
         "linear", "Learning-rate schedule after warm-up (transformers' get_scheduler). 'constant' "
         "honours the warm-up here (as 'constant_with_warmup'); transformers' 'constant' ignores it.",
         SCHEDULERS)
+    lr_scheduler_kwargs: dict | None = opt(
+        None, "Extra arguments of the schedule (transformers' scheduler_specific_kwargs), e.g. "
+        "{\"num_cycles\": 2} for cosine_with_restarts; on the command line as JSON.")
     warmup_steps: int = opt(0, "Linear warm-up steps (overrides warmup_ratio when > 0).")
     warmup_ratio: float = opt(0.0, "Warm-up as a fraction of the total steps.")
     per_device_train_batch_size: int = opt(8, "Preference pairs per micro-batch per device.")
@@ -217,6 +277,7 @@ class TrainConfig:
     max_steps: int = opt(-1, "Optimizer steps to run; -1 = derive from num_train_epochs.")
     num_train_epochs: float = opt(1.0, "Passes over the training pairs (when max_steps is -1).")
     seed: int = opt(42, "Seed of data order, initialisation and online sampling.")
+    data_seed: int | None = opt(None, "Seed of the order of the training pairs only (unset: seed).")
 
     # ---- logging, evaluation, saving ----------------------------------------------------------
     output_dir: str = opt("hypo-output", "Where the final model, metrics and checkpoints "
@@ -232,14 +293,33 @@ class TrainConfig:
                                group="output")
     logging_dir: str | None = opt(None, "TensorBoard folder; default output_dir/runs/<run_name>, so "
                                   "separate runs never share an event folder.", group="output")
+    logging_strategy: str = opt("steps", "When to log the training metrics: 'steps' (every "
+                                "logging_steps and the last step), 'epoch' or 'no'.", STRATEGIES,
+                                group="output")
     logging_steps: int = opt(1, "Log metrics every N optimizer steps.", group="output")
+    logging_first_step: bool = opt(False, "Also log the first step.", group="output")
     eval_strategy: str = opt(
         "steps", "When to evaluate, if there is eval data: 'steps' (every eval_steps and at the end), "
         "'epoch' (whenever an optimizer step completes a pass over the training pairs, and at the "
         "end) or 'no'. Unlike transformers (default 'no'), hypo evaluates at the end by default.",
         STRATEGIES, group="output")
-    eval_steps: int = opt(0, "With eval_strategy 'steps': evaluate every N optimizer steps (0 = only "
-                          "at the end).", group="output")
+    eval_steps: int | None = opt(0, "With eval_strategy 'steps': evaluate every N optimizer steps (0 = "
+                                 "only at the end; unset: logging_steps, as in transformers).",
+                                 group="output")
+    eval_on_start: bool = opt(False, "Evaluate once before the first step.", group="output")
+    eval_delay: float = opt(0, "No evaluation before this many steps (epochs with eval_strategy "
+                            "'epoch').", group="output")
+    metric_for_best_model: str | None = opt(
+        None, "Eval metric that ranks evaluations (e.g. 'loss' for eval_loss, 'rewards/accuracies'); "
+        "sets state.best_metric / best_global_step / best_model_checkpoint, read by transformers' "
+        "EarlyStoppingCallback.", group="output")
+    load_best_model_at_end: bool = opt(
+        False, "At the end of train(), put back the weights of the best evaluation by "
+        "metric_for_best_model (default 'loss'); hypo keeps them in memory when they occur, so save "
+        "and eval strategies need not match.", group="output")
+    greater_is_better: bool | None = opt(
+        None, "Whether a larger metric_for_best_model is better; unset: False for metrics ending in "
+        "'loss', True otherwise (as transformers).", group="output")
     save_strategy: str = opt(
         "steps", "When to write checkpoints: 'steps' (every save_steps), 'epoch' (whenever an "
         "optimizer step completes a pass over the training pairs) or 'no'. With 'steps' (save_steps > 0) "
@@ -247,8 +327,9 @@ class TrainConfig:
         "model is always saved, and a SIGTERM/SIGINT always writes a checkpoint.", STRATEGIES, group="output")
     save_steps: int = opt(500, "With save_strategy 'steps': write a checkpoint every N optimizer "
                           "steps (0 = only the final model).", group="output")
-    save_total_limit: int = opt(2, "Checkpoints to keep (the newest); at least 1.", group="output")
-    report_to: str = opt("tensorboard", "Trackers besides the always-on metrics.jsonl: "
+    save_total_limit: int | None = opt(2, "Checkpoints to keep (the newest); at least 1; unset: all.",
+                                       group="output")
+    report_to: str | list[str] = opt("tensorboard", "Trackers besides the always-on metrics.jsonl: "
                          "'tensorboard', 'wandb', 'none', 'all', or a comma-separated list.",
                          group="output")
     resume_from_checkpoint: str | None = opt(
@@ -269,8 +350,19 @@ class TrainConfig:
     log_online_samples: bool = opt(False, "Write every online sample's token ids to "
                                    "output_dir/online_samples.jsonl (one line per step).",
                                    group="output")
-    disable_progress_bar: bool = opt(False, "Turn off the live progress bar and the data summary "
-                                     "line (data_report.json is still written).", group="output")
+    disable_progress_bar: bool = opt(False, "Turn off the live progress bar, the data summary line "
+                                     "and transformers' / datasets' loading bars "
+                                     "(data_report.json is still written).", group="output")
+    push_to_hub: bool = opt(False, "At the end of train(), push the saved model, tokenizer and model "
+                            "card to the Hugging Face Hub repository hub_model_id (needs a login: "
+                            "`hf auth login` or HF_TOKEN).", group="output")
+    hub_model_id: str | None = opt(None, "Hub repository to push to (unset: output_dir's name).",
+                                   group="output")
+    hub_private_repo: bool | None = opt(None, "Create the hub repository private.", group="output")
+    hub_strategy: str = opt("every_save", "When to push: 'every_save' or 'end'; hypo pushes the "
+                            "final model at the end of train() for both (its checkpoints are "
+                            "resume states, not models).", HUB_STRATEGIES, group="output")
+    hub_revision: str | None = opt(None, "Branch of the hub repository to push to.", group="output")
 
     # -------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -281,8 +373,10 @@ class TrainConfig:
 
         for f in fields(self):
             choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
             if choices and f.name != "report_to":
-                need(getattr(self, f.name) in choices, f.name, f"must be one of {', '.join(choices)}.")
+                ok = all(v in choices for v in value) if isinstance(value, list) else value in choices
+                need(ok and value != [], f.name, f"must be one of {', '.join(choices)}.")
         need(self.model_name_or_path is not None or self.gguf_file is not None, "model_name_or_path",
              "set --model_name_or_path to a hub id or a local model folder.")
         need(self.dataset_name is not None, "dataset_name",
@@ -305,16 +399,14 @@ class TrainConfig:
              "--bf16 keeps float32 master weights and runs the forwards in bf16 autocast: set dtype "
              "float32 (the default) with --bf16, or drop --bf16 for pure low-precision weights.")
         need(self.length_buckets >= 1, "length_buckets", "must be ≥ 1.")
-        for name in ("online_prompts_per_step", "eval_steps", "save_steps", "warmup_steps",
+        for name in ("online_prompts_per_step", "save_steps", "warmup_steps",
                      "eval_online_prompts", "top_k", "weight_decay", "max_grad_norm"):
             need(getattr(self, name) >= 0, name, "must be ≥ 0.")
         need(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be ≥ 1.")
         need(self.temperature > 0, "temperature", "must be > 0.")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1].")
         need(self.top_k >= 0, "top_k", "must be ≥ 0 (0 = off).")
-        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5).")
-        need(self.label_smoothing == 0 or self.loss_type == "sigmoid", "label_smoothing",
-             "conservative DPO (label smoothing) applies to loss_type 'sigmoid' only.")
+        self._validate_losses(need)
         need(self.learning_rate > 0, "learning_rate", "must be > 0.")
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be ≥ 1.")
         need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be ≥ 1.")
@@ -331,8 +423,15 @@ class TrainConfig:
              "is the training split: evaluating on the training pairs measures nothing. Name "
              "another split, or use eval_split_size.")
         need(0 <= self.eval_split_size < 1, "eval_split_size", "must be in [0, 1).")
-        need(self.save_total_limit >= 1, "save_total_limit", "must be ≥ 1.")
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit",
+             "must be ≥ 1 (unset: keep every checkpoint).")
         need(self.logging_steps >= 1, "logging_steps", "must be ≥ 1.")
+        need(self.eval_steps is None or self.eval_steps >= 0, "eval_steps", "must be ≥ 0.")
+        need(self.eval_delay >= 0, "eval_delay", "must be ≥ 0.")
+        for name in ("model_init_kwargs", "gradient_checkpointing_kwargs", "lr_scheduler_kwargs"):
+            need(getattr(self, name) is None or isinstance(getattr(self, name), dict), name,
+                 "must be a mapping (on the command line: a JSON object).")
+
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1).")
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
              "must be in (0, 1].")
@@ -345,6 +444,34 @@ class TrainConfig:
         need(self.generation_backend != "vllm" or _installed("vllm"), "generation_backend",
              "vLLM is not installed: pip install 'hypo[vllm]' (GPU only), or use 'transformers'.")
         return self
+
+    def _validate_losses(self, need) -> None:
+        """TRL 1.16's rules for loss_type, loss_weights, f-divergences, WPO, LD-DPO, TR-DPO."""
+        losses = self.loss_type
+        need(self.loss_weights is None or len(self.loss_weights) == len(losses), "loss_weights",
+             f"needs one weight per loss_type entry ({len(losses)}: {', '.join(losses)}).")
+        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5).")
+        need(self.label_smoothing == 0 or any(t in LABEL_SMOOTHING_LOSSES for t in losses),
+             "label_smoothing", f"is used by loss_type {', '.join(LABEL_SMOOTHING_LOSSES)} only.")
+        need("exo_pair" not in losses or self.label_smoothing > 0, "label_smoothing",
+             "loss_type exo_pair needs label_smoothing > 0 (its ε; the EXO paper suggests 1e-3).")
+        need(self.f_divergence_type == "reverse_kl" or all(t in F_DIVERGENCE_LOSSES for t in losses),
+             "f_divergence_type", "has no generalisation for loss_type "
+             f"{', '.join(t for t in losses if t not in F_DIVERGENCE_LOSSES)}; use reverse_kl with "
+             "it, or one of " + ", ".join(F_DIVERGENCE_LOSSES) + ".")
+        need(not self.use_weighting or not {"aot", "aot_unpaired"} & set(losses), "use_weighting",
+             "WPO weights per pair, and aot / aot_unpaired sort the pairs: not together.")
+        need(self.ld_alpha is None or 0 <= self.ld_alpha <= 1, "ld_alpha", "must be in [0, 1].")
+        need(self.rpo_alpha is None or self.rpo_alpha >= 0, "rpo_alpha", "must be ≥ 0.")
+        need(self.discopop_tau > 0, "discopop_tau", "must be > 0.")
+        need(0 <= self.ref_model_mixup_alpha <= 1, "ref_model_mixup_alpha", "must be in [0, 1].")
+        need(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be ≥ 1.")
+        need(not self.sync_ref_model or not self.use_peft, "sync_ref_model",
+             "with LoRA the reference is the base model with the adapter disabled, so there is no "
+             "reference to sync (as in TRL): use full fine-tuning, or sync_ref_model=False.")
+        need(not self.sync_ref_model or not self.precompute_ref_log_probs, "precompute_ref_log_probs",
+             "sync_ref_model changes the reference every ref_model_sync_steps steps, so cached "
+             "reference log-probs would be stale: set precompute_ref_log_probs=False with it.")
 
     def _validate_lengths(self, need) -> None:
         """max_length alone is enough; an explicit max_prompt_length must leave room for a response."""
@@ -362,9 +489,12 @@ class TrainConfig:
                  "max_length − max_completion_length. Lower it or set max_prompt_length.")
 
     def prompt_limit(self) -> int:
-        """The prompt token limit in force: max_prompt_length, or derived from max_length."""
+        """The prompt token limit in force: max_prompt_length, or derived from max_length
+        (truncation_mode keep_start: max_length − 1; longer prompts drop their pair)."""
         if self.max_prompt_length is not None:
             return self.max_prompt_length
+        if self.truncation_mode == "keep_start" and self.max_completion_length is None:
+            return self.max_length - 1
         if self.max_completion_length is not None:
             return self.max_length - self.max_completion_length
         return self.max_length // 2
@@ -375,6 +505,47 @@ class TrainConfig:
         if "all" in names:
             return ["tensorboard", "wandb"]
         return [n for n in names if n not in ("none", "jsonl")]
+
+    def __post_init__(self) -> None:
+        # TRL takes one loss as a string; saved configs of older hypo versions hold a string too.
+        if isinstance(self.loss_type, str):
+            self.loss_type = [t.strip() for t in self.loss_type.split(",") if t.strip()]
+        if isinstance(self.report_to, (list, tuple)):  # TRL takes a list
+            self.report_to = ",".join(self.report_to) or "none"
+        if self.model_init_kwargs:
+            self._take_model_init_kwargs()
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            self.metric_for_best_model = "loss"  # transformers' default
+
+    def _take_model_init_kwargs(self) -> None:
+        """Move the from_pretrained options that are hypo fields out of model_init_kwargs (so the
+        config stays JSON: a torch.dtype becomes its name); refuse trust_remote_code there."""
+        kwargs = dict(self.model_init_kwargs)
+        if "trust_remote_code" in kwargs:
+            raise ConfigError("model_init_kwargs: trust_remote_code is not read from here; set "
+                              "trust_remote_code=True itself (see docs/security.md).")
+        if "quantization_config" in kwargs:
+            raise ConfigError("model_init_kwargs: quantization_config is not supported yet; load "
+                              "the quantized model yourself and pass it as model=.")
+        for key, name in (("torch_dtype", "dtype"), ("dtype", "dtype"), ("revision", "model_revision"),
+                          ("attn_implementation", "attn_implementation")):
+            if key in kwargs:
+                value = kwargs.pop(key)
+                value = str(value).removeprefix("torch.") if name == "dtype" else value
+                setattr(self, name, value)
+        self.model_init_kwargs = kwargs or None
+
+    def __getattr__(self, name: str):
+        """TRL settings hypo fixes or ignores read as their TRL default (callbacks written for
+        transformers read e.g. args.dataloader_num_workers)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        from .trl_compat import default_of
+
+        try:
+            return default_of(name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -387,8 +558,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        from .trl_compat import translate
+
         known = {f.name: f for f in fields(cls)}
-        data = upgrade_names(data, source)
+        data = translate(upgrade_names(data, source), source)  # TRL's names and fixed settings
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
@@ -504,9 +677,9 @@ def _installed(module: str) -> bool:
 
 
 def field_type(f: dataclasses.Field) -> type:
-    """The plain Python type of a config field (str for Optional[str])."""
+    """The plain Python type of a config field (str for Optional[str], list for list[...])."""
     text = str(f.type)
-    for name, typ in (("bool", bool), ("int", int), ("float", float)):
+    for name, typ in (("bool", bool), ("int", int), ("float", float), ("list", list), ("dict", dict)):
         if text.startswith(name):
             return typ
     return str
@@ -532,6 +705,17 @@ def coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
             return bool(value)
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if typ is list:  # a list, or comma-separated text (YAML, older configs)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            items = [x.strip() if isinstance(x, str) else x
+                     for v in items for x in (v.split(",") if isinstance(v, str) else [v])]
+            item = float if "list[float]" in str(f.type) else str
+            return [item(x) for x in items if x != ""]
+        if typ is dict:
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return value
         if typ is str and isinstance(value, list):
             if not all(isinstance(v, (str, int, float)) for v in value):
                 raise ValueError(value)
@@ -550,12 +734,15 @@ RESULT_FIELDS = (
     "lora_target_modules", "lora_dropout", "model_revision", "dataset_name", "dataset_config",
     "dataset_train_split", "dataset_test_split", "eval_dataset_name",
     "eval_split_size", "prompt_dataset_name", "max_length", "max_prompt_length", "max_completion_length",
-    "skip_invalid_records", "algo", "beta", "loss_type", "label_smoothing", "kl_coef",
+    "skip_invalid_records", "truncation_mode", "algo", "beta", "loss_type", "loss_weights",
+    "f_divergence_type", "f_alpha_divergence_coef", "use_weighting", "ld_alpha", "discopop_tau",
+    "rpo_alpha", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps",
+    "label_smoothing", "kl_coef",
     "kl_estimator", "kl_coef_schedule", "kl_coef_final", "kl_target", "kl_target_rate",
     "num_online_samples", "online_prompts_per_step", "max_new_tokens", "temperature", "top_k",
     "top_p", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
     "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
     "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
-    "seed",
+    "seed", "data_seed", "lr_scheduler_kwargs", "model_init_kwargs",
     "bf16",
 )

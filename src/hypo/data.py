@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_EXTRAS = ("tool_calls", "name", "tool_call_id")  # kept for the chat template
 
 
 class DataError(ValueError):
@@ -46,6 +47,8 @@ class PreferenceExample:
     rejected: str | list[dict]
     index: int
     source: str = ""  # for error messages raised later (tokenization)
+    # apply_chat_template's extra arguments: the record's tools and chat_template_kwargs (TRL's)
+    template_kwargs: dict | None = None
 
     @property
     def conversational(self) -> bool:
@@ -316,10 +319,12 @@ def load_records(name: str, split: str = "train", config: str | None = None,
                         "file") from e
 
 
-def records_from_object(obj: Any, split: str = "train", source: str = "<train_dataset>") -> Records:
+def records_from_object(obj: Any, split: str = "train", source: str = "<train_dataset>",
+                        limit: int | None = None) -> Records:
     """Raw records of in-memory data: a ``datasets.Dataset``, a ``DatasetDict`` (its ``split``),
-    a pandas DataFrame, or a list/tuple of dicts. ``source`` names the data in every later error
-    (validation then goes through the same ``parse_*`` path as files)."""
+    an ``IterableDataset`` (its first ``limit`` records; None: all), a pandas DataFrame, or a
+    list/tuple of dicts. ``source`` names the data in every later error (validation then goes
+    through the same ``parse_*`` path as files)."""
     kind = type(obj).__name__
     if kind in ("DatasetDict", "IterableDatasetDict"):
         if split not in obj:
@@ -327,11 +332,11 @@ def records_from_object(obj: Any, split: str = "train", source: str = "<train_da
                             f"{', '.join(obj)}). Pass one split, e.g. dataset['{next(iter(obj), split)}'].",
                             "file")
         obj, kind = obj[split], type(obj[split]).__name__
-    if kind == "IterableDataset":
-        raise DataError(f"{source}: an IterableDataset (streaming) is not supported: the data is "
-                        "validated, tokenized and fingerprinted up front. Load it without "
-                        "streaming=True, or pass list(dataset).", "file")
-    if kind == "Dataset" and hasattr(obj, "to_list"):
+    if kind == "IterableDataset":  # streaming: read as far as training can use (limit)
+        import itertools
+
+        records = [dict(r) for r in itertools.islice(obj, limit)]
+    elif kind == "Dataset" and hasattr(obj, "to_list"):
         records = obj.to_list()
     elif kind == "DataFrame" and hasattr(obj, "to_dict"):
         records = obj.to_dict("records")
@@ -391,24 +396,73 @@ def _messages(value: Any, field: str) -> list[dict]:
         if m["role"] not in ROLES:
             raise _Bad("unknown_role", f"{where}.role", f"unknown role {str(m['role'])[:40]!r}",
                        f"Use one of {', '.join(ROLES)}.")
-        if not isinstance(m["content"], str):
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list)):
+            raise _Bad("bad_message", f"{where}.tool_calls", "must be a list, on an assistant message",
+                       "Give tool calls as [{\"type\": \"function\", \"function\": {...}}, ...].")
+        content = "" if m["content"] is None and calls else m["content"]
+        if not isinstance(content, str):
             raise _Bad("bad_message", f"{where}.content",
                        f"expected a string, got {type(m['content']).__name__}",
                        "Message content must be text (content parts are not supported).")
-        out.append({"role": m["role"], "content": _unicode(m["content"], f"{where}.content")})
+        msg = {"role": m["role"], "content": _unicode(content, f"{where}.content")}
+        msg.update({k: m[k] for k in MESSAGE_EXTRAS if m.get(k) is not None})
+        out.append(msg)
     return out
+
+
+def _template_kwargs(record: dict) -> dict | None:
+    """apply_chat_template's extra arguments of a record: its ``tools`` (a list, or JSON text) and
+    ``chat_template_kwargs`` (a mapping), as TRL renders them."""
+    out = {}
+    tools = record.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise _Bad("bad_tools", "tools", "is not valid JSON", "Give tools as a list of JSON "
+                       "schemas (or its JSON text).") from None
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _Bad("bad_tools", "tools", f"expected a list, got {type(tools).__name__}",
+                       "Give tools as a list of JSON schemas.")
+        out["tools"] = tools
+    extra = record.get("chat_template_kwargs")
+    if extra is not None:
+        if not isinstance(extra, dict):
+            raise _Bad("bad_message", "chat_template_kwargs", f"expected a mapping, got "
+                       f"{type(extra).__name__}", "Give the template's arguments as a mapping.")
+        out.update(extra)
+    return out or None
+
+
+def _roles_in_order(body: list[dict]) -> bool:
+    """user first; an assistant answers a user or tool turn; tool results follow an assistant's
+    tool calls (or each other); the prompt ends on a user or tool turn."""
+    if not body or body[0]["role"] != "user" or body[-1]["role"] not in ("user", "tool"):
+        return False
+    for prev, m in zip(body, body[1:]):
+        role = m["role"]
+        if role == "user" and prev["role"] not in ("assistant", "tool"):
+            return False
+        if role == "assistant" and prev["role"] not in ("user", "tool"):
+            return False
+        if role == "tool" and not (prev["role"] == "tool" or prev.get("tool_calls")):
+            return False
+        if role == "system":
+            return False
+    return True
 
 
 def _check_prompt_msgs(msgs: list[dict], field: str) -> None:
     if not msgs:
         raise _Bad("empty_prompt", field, "has no messages", "Give the prompt a user message.")
     roles = [m["role"] for m in msgs]
-    body = roles[1:] if roles[0] == "system" else roles
-    expected = ["user" if k % 2 == 0 else "assistant" for k in range(len(body))]
-    if not body or body != expected or body[-1] != "user":
+    if not _roles_in_order(msgs[1:] if roles[0] == "system" else msgs):
         raise _Bad("bad_role_order", field, f"roles {roles} are out of order",
                    "A prompt is an optional system message, then user/assistant turns "
-                   "alternating from user, ending with a user message.")
+                   "alternating from user (tool results after an assistant's tool_calls), ending "
+                   "with a user or tool message.")
     if not any(m["content"].strip() for m in msgs):
         raise _Bad("empty_prompt", field, "all messages are empty", "Give the prompt some text.")
 
@@ -418,10 +472,11 @@ def _check_response_msgs(msgs: list[dict], field: str) -> None:
         raise _Bad("empty_response", field, "has no messages",
                    "Give each response an assistant message.")
     for j, m in enumerate(msgs):
-        if m["role"] != "assistant":
+        if m["role"] not in ("assistant", "tool") or (j == 0 and m["role"] != "assistant"):
             raise _Bad("bad_role_order", f"{field}[{j}].role", f"is '{m['role']}' in a response",
-                       "Responses hold assistant messages only; move other turns into the prompt.")
-    if not any(m["content"].strip() for m in msgs):
+                       "Responses hold assistant messages (and tool results after their tool "
+                       "calls); move other turns into the prompt.")
+    if not any(m["content"].strip() or m.get("tool_calls") for m in msgs):
         raise _Bad("empty_response", field, "is empty or whitespace only",
                    "Give every response text.")
 
@@ -470,7 +525,7 @@ def _preference(record: Any) -> tuple[Any, Any, Any]:
         _check_prompt_msgs(prompt, "prompt")
         _check_response_msgs(chosen, "chosen")
         _check_response_msgs(rejected, "rejected")
-    return prompt, chosen, rejected
+    return prompt, chosen, rejected, _template_kwargs(record) if conv else None
 
 
 def _prompt_only(record: Any) -> tuple[Any]:
@@ -524,7 +579,8 @@ def parse_preferences(records: list, source: str, skip_invalid: bool = False
                       ) -> tuple[list[PreferenceExample], dict[str, int]]:
     """Validate and normalise preference records; returns (examples, drops per reason)."""
     out, dropped = _parse(records, source, skip_invalid, _preference)
-    return [PreferenceExample(*v, index=i, source=source) for i, v in out], dropped
+    return [PreferenceExample(*v[:3], index=i, source=source, template_kwargs=v[3])
+            for i, v in out], dropped
 
 
 def parse_prompts(records: list, source: str, skip_invalid: bool = False
@@ -548,14 +604,14 @@ def load_prompts(name: str, split: str = "train", skip_invalid: bool = False
 
 # ---- tokenization -------------------------------------------------------------------------------
 
-def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+def _template(tokenizer, messages: list[dict], generation_prompt: bool, kwargs: dict | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("conversational data needs a chat template, but the tokenizer has none. "
                         "Use a chat/instruct model's tokenizer or set tokenizer.chat_template.",
                         "no_chat_template")
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
-                                             tokenize=False)
+                                             tokenize=False, **(kwargs or {}))
     except Exception as e:  # templates raise on role orders they do not support
         raise DataError(f"the chat template rejected the messages ({type(e).__name__}: {e}). "
                         "Check the roles this model's template accepts.", "chat_template") from e
@@ -565,10 +621,11 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def encode_prompt(prompt: str | list[dict], tokenizer) -> list[int]:
-    """Prompt -> token ids: the one code path shared by offline pairs and online sampling."""
+def encode_prompt(prompt: str | list[dict], tokenizer, kwargs: dict | None = None) -> list[int]:
+    """Prompt -> token ids: the one code path shared by offline pairs and online sampling.
+    kwargs: the chat template's extra arguments (tools, chat_template_kwargs)."""
     if isinstance(prompt, list):  # the template carries its own specials (BOS included, if any)
-        ids = _ids(tokenizer, _template(tokenizer, prompt, True), special=False)
+        ids = _ids(tokenizer, _template(tokenizer, prompt, True, kwargs), special=False)
     else:  # text already starting with BOS must not get a second one
         bos = tokenizer.bos_token
         ids = _ids(tokenizer, prompt, special=not (bos and prompt.startswith(bos)))
@@ -582,14 +639,15 @@ def encode_prompt(prompt: str | list[dict], tokenizer) -> list[int]:
     return ids
 
 
-def encode_response(prompt: str | list[dict], response: str | list[dict], tokenizer) -> list[int]:
-    """Response -> token ids that follow ``encode_prompt(prompt)``."""
+def encode_response(prompt: str | list[dict], response: str | list[dict], tokenizer,
+                    kwargs: dict | None = None) -> list[int]:
+    """Response -> token ids that follow ``encode_prompt(prompt, kwargs)``."""
     if not isinstance(response, list):
         ids = _ids(tokenizer, response, special=False)
         eos = tokenizer.eos_token_id
         return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
-    prompt_text = _template(tokenizer, prompt, True)
-    full = _template(tokenizer, prompt + response, False)
+    prompt_text = _template(tokenizer, prompt, True, kwargs)
+    full = _template(tokenizer, prompt + response, False, kwargs)
     if not full.startswith(prompt_text):
         raise DataError("the chat template renders the prompt differently alone and inside the "
                         "full conversation, so prompt and response cannot be split "
@@ -627,6 +685,7 @@ class TokenizeStats:
     truncated_prompts: int = 0
     truncated_responses: int = 0  # pairs where chosen or rejected was cut
     dropped_identical: int = 0  # pairs whose chosen == rejected after truncation (dropped)
+    dropped_long_prompts: int = 0  # truncation_mode keep_start: the prompt alone fills max_length
 
 
 def _located(ex, exc: DataError) -> DataError:
@@ -684,10 +743,13 @@ def _cut_prompt(ids: list[int], max_prompt_length: int) -> list[int]:
 
 
 def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int,
-                   max_prompt_length: int, max_completion_length: int | None = None
+                   max_prompt_length: int, max_completion_length: int | None = None,
+                   truncation_mode: str = "keep_end", drop_long_prompts: bool = False
                    ) -> tuple[list[TokenizedPair], TokenizeStats]:
-    """Tokenize and truncate pairs: prompts keep their last ``max_prompt_length`` tokens,
-    responses their first ``min(max_completion_length, max_length − len(prompt))``."""
+    """Tokenize and truncate pairs: prompts keep their last ``max_prompt_length`` tokens (their
+    first with truncation_mode 'keep_start'; with ``drop_long_prompts`` a longer prompt drops its
+    pair instead, as TRL 1.16), responses their first
+    ``min(max_completion_length, max_length − len(prompt))``."""
     if not 1 <= max_prompt_length < max_length:
         raise ValueError(f"need 1 <= max_prompt_length ({max_prompt_length}) < max_length "
                          f"({max_length}) to leave room for a response")
@@ -695,13 +757,18 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
     for ex in examples:
         ex = _bounded(ex, tokenizer, max_prompt_length, max_length)
         try:
-            prompt = encode_prompt(ex.prompt, tokenizer)
-            chosen = encode_response(ex.prompt, ex.chosen, tokenizer)
-            rejected = encode_response(ex.prompt, ex.rejected, tokenizer)
+            kwargs = ex.template_kwargs
+            prompt = encode_prompt(ex.prompt, tokenizer, kwargs)
+            chosen = encode_response(ex.prompt, ex.chosen, tokenizer, kwargs)
+            rejected = encode_response(ex.prompt, ex.rejected, tokenizer, kwargs)
         except DataError as e:
             raise _located(ex, e) from None
         if len(prompt) > max_prompt_length:
-            prompt = _cut_prompt(prompt, max_prompt_length)
+            if drop_long_prompts:
+                stats.dropped_long_prompts += 1
+                continue
+            prompt = (prompt[:max_prompt_length] if truncation_mode == "keep_start"
+                      else _cut_prompt(prompt, max_prompt_length))
             stats.truncated_prompts += 1
         room = max_length - len(prompt)
         if max_completion_length is not None:
@@ -713,7 +780,7 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
             stats.dropped_identical += 1
             continue
         pairs.append(TokenizedPair(prompt, chosen, rejected, ex.index))
-    if examples and not pairs:
+    if examples and not pairs and not stats.dropped_long_prompts:
         raise DataError(f"{examples[0].source or '<data>'}: all {len(examples)} pairs are "
                         f"identical after truncation to max_length={max_length}, "
                         f"max_completion_length={max_completion_length}. Raise them.",

@@ -102,12 +102,15 @@ def _sampling_line(cfg, metrics: dict) -> str:
 
 
 def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict,
-                     shown_as: str | Path | None = None) -> Path:
+                     shown_as: str | Path | None = None, extra_tags: list[str] | None = None,
+                     title: str | None = None, dataset: str | None = None) -> Path:
     """Write ``folder/README.md`` for a model trained with ``cfg`` (a TrainConfig).
 
-    metrics: final metrics (name -> number); data_report: the run's data_report.json contents.
-    shown_as: the folder the model ends up in, when ``folder`` is a staging folder.
-    Returns the path written. Overwrites a README.md that save_pretrained (peft) may have left.
+    metrics: final metrics (name -> number); data_report: the run's data_report.json contents;
+    shown_as: the folder the model ends up in, when ``folder`` is a staging folder; extra_tags
+    (e.g. the model's tags), title and dataset (a hub dataset name): TRL's create_model_card
+    arguments. Returns the path written. Overwrites a README.md that save_pretrained (peft) may
+    have left.
     """
     folder = Path(folder)
     shown = Path(shown_as) if shown_as is not None else folder
@@ -116,17 +119,19 @@ def write_model_card(folder: str | Path, cfg, metrics: dict, data_report: dict,
     name = "HyPO" if cfg.algo == "hypo" else "DPO"
     tags = ["hypo", "dpo"] if cfg.algo == "dpo" else ["hypo"]
     tags += ["preference-optimization", "arxiv:2406.01462"]
+    tags += [t for t in dict.fromkeys(extra_tags or []) if t not in tags]
     # base_model is a hub reference: a local folder means nothing on the hub, so it is left out.
     hub = _is_hub_id(cfg.model_name_or_path) and not cfg.gguf_file
     front = ["---"] + ([f"base_model: {cfg.model_name_or_path}"] if hub else [])
     front += [f"library_name: {'peft' if adapter else 'transformers'}", "tags:"]
     front += [f"- {t}" for t in tags]
-    if cfg.dataset_name and not Path(cfg.dataset_name).exists():
-        front += ["datasets:", f"- {cfg.dataset_name}"]
+    dataset = dataset or cfg.dataset_name
+    if dataset and not Path(dataset).exists() and not dataset.startswith("<"):
+        front += ["datasets:", f"- {dataset}"]
     front += ["---", ""]
     kind = "a LoRA adapter" if adapter else ("the LoRA adapter merged into the base weights" if merged
                                              else "a fully fine-tuned model")
-    lines = [f"# {shown.resolve().name if not merged else shown.resolve().parent.name + ' (merged)'}",
+    lines = [f"# {title or (shown.resolve().name if not merged else shown.resolve().parent.name + ' (merged)')}",
              "", f"This is {kind}, trained from `{_base_model(cfg)}` with "
              f"[hypo](https://arxiv.org/abs/2406.01462) ({name}).", "",
              "## Base model", "", f"`{_base_model(cfg)}`"

@@ -54,17 +54,24 @@ def with_pad_token(tokenizer, name: str = "processing_class"):
 
 
 def load_causal_lm(name: str, dtype: str = "float32", revision: str | None = None,
-                   trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """AutoModelForCausalLM from a hub id or folder, in eval mode (dropout off)."""
+                   trust_remote_code: bool = False, attn_implementation: str | None = None,
+                   extra: dict | None = None):
+    """AutoModelForCausalLM from a hub id or folder, in eval mode (dropout off). ``extra``: more
+    from_pretrained options (model_init_kwargs)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {} if dtype == "auto" else {"dtype": DTYPE[dtype]}
+    kwargs = dict(extra or {})
+    kwargs.update({} if dtype == "auto" else {"dtype": DTYPE[dtype]})
     kwargs["trust_remote_code"] = trust_remote_code
     kwargs.update({k: v for k, v in (("revision", revision),
                                       ("attn_implementation", attn_implementation)) if v})
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as err:  # noqa: BLE001
+        if "custom code" in str(err) and not trust_remote_code:
+            raise ConfigError(f"the model {name!r} ships custom code, which runs only with "
+                              "trust_remote_code=True (--trust_remote_code): pass it if you trust "
+                              "that code.") from None
         raise ConfigError(f"could not load the model {name!r}: {err}. model_name_or_path must be a "
                           "causal LM folder or a reachable hub id.") from None
     return model.eval()
@@ -95,10 +102,12 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Activation checkpointing of every decoder layer (non-reentrant: no input-grad hook needed
-    under LoRA). transformers checkpoints only in training mode with gradients on."""
-    kwargs = {"use_reentrant": False}
+def enable_gradient_checkpointing(model: torch.nn.Module, kwargs: dict | None = None) -> None:
+    """Activation checkpointing of every decoder layer (default non-reentrant: no input-grad hook
+    needed under LoRA). transformers checkpoints only in training mode with gradients on."""
+    kwargs = dict(kwargs) if kwargs else {"use_reentrant": False}
+    if kwargs.get("use_reentrant") and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # reentrant checkpoints need an input with grad
     if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
@@ -201,14 +210,14 @@ def build_policy(cfg: TrainConfig, need_reference: bool, model=None, ref_model=N
     """
     if model is not None and _is_peft(model):
         if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(model.get_base_model())
+            enable_gradient_checkpointing(model.get_base_model(), cfg.gradient_checkpointing_kwargs)
         return PolicyPair(_lora_dropout_off(disable_dropout(model).train()), None, is_peft=True)
     if model is None:
         model = load_causal_lm(model_source(cfg), cfg.dtype, cfg.model_revision,
-                               cfg.trust_remote_code, cfg.attn_implementation)
+                               cfg.trust_remote_code, cfg.attn_implementation, cfg.model_init_kwargs)
     model = disable_dropout(model).train()
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model, cfg.gradient_checkpointing_kwargs)
     if cfg.use_peft or peft_config is not None:
         from peft import LoraConfig, get_peft_model
 

@@ -28,13 +28,15 @@ from accelerate.utils import DistributedType
 
 from . import checkpoint as ckpt
 from .batching import IndexStream
+from .callbacks import TrainerControl, make_handler, new_state, update_best
 from .config import RESULT_FIELDS, ConfigError, TrainConfig, result_settings
 from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
                    load_preferences, load_prompts, split_eval, tokenize_pairs,
                    tokenize_prompts)
 from .heap import fix_mmap_threshold
 from .logprobs import pack_sequences, supports_target_only_head
-from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
+from .losses import hypo_loss, ld_logps, preference_loss, reverse_kl_estimate, reverse_kl_loss
+from .losses import wpo_weights
 from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
 from .logprobs import position_logps_and_kls
 from .prefix import Group, response_logps, response_positions_of, supports_prefix_sharing
@@ -46,7 +48,8 @@ from .modeling import has_lora_dropout, lora_dropout_active, model_config_finger
 from .progress import console, step_progress
 from .refcache import cache_key, compute_reference_logps, default_cache_dir, load_or_compute
 from .sampling import OnlineSampler, sample_groups, samples_unbiased
-from .tracking import MetricsLogger, append_jsonl, truncate_jsonl
+from .tracking import MetricsLogger, append_jsonl, read_metrics, truncate_jsonl
+from .variants import aligned_mean_logps, mix_into_reference, shared_prefix_pairs
 from .vllm_backend import make_sampler
 
 
@@ -55,7 +58,15 @@ class NonFiniteError(RuntimeError):
 
 
 class Interrupted(SystemExit):
-    """Raised after a checkpoint was written in answer to SIGTERM/SIGINT (exit 143 / 130)."""
+    """Raised after a checkpoint was written in answer to SIGTERM/SIGINT (exit 143 / 130).
+    ``code`` is the exit status; str() says what happened and how to resume."""
+
+    def __init__(self, code: int, message: str = ""):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message or f"interrupted (exit status {self.code})"
 
 
 @dataclass
@@ -94,9 +105,8 @@ def prepare_data(cfg: TrainConfig, tokenizer=None, datasets: dict | None = None)
         report["eval_dropped_invalid"] = eval_dropped
     else:
         train_ex, eval_ex = split_eval(train_ex, cfg.eval_split_size, cfg.seed)
-    limits = (cfg.max_length, cfg.prompt_limit(), cfg.max_completion_length)
-    train, stats = tokenize_pairs(train_ex, tokenizer, *limits)
-    evals, eval_stats = tokenize_pairs(eval_ex, tokenizer, *limits)
+    train, stats = tokenize_pairs(train_ex, tokenizer, *token_limits(cfg))
+    evals, eval_stats = tokenize_pairs(eval_ex, tokenizer, *token_limits(cfg))
     report["train_tokenize"], report["eval_tokenize"] = vars(stats), vars(eval_stats)
     if not train:
         raise DataError(f"{cfg.dataset_name}: no usable preference pair is left after validation "
@@ -109,6 +119,21 @@ def prepare_data(cfg: TrainConfig, tokenizer=None, datasets: dict | None = None)
         report["prompt_records"], report["prompt_dropped_invalid"] = len(prompts), prompt_dropped
     report["train_pairs"], report["eval_pairs"] = len(train), len(evals)
     return RunData(tokenizer, train, evals, prompts, report)
+
+
+def token_limits(cfg: TrainConfig) -> tuple:
+    """tokenize_pairs' limits and truncation rule for cfg."""
+    drop = (cfg.truncation_mode == "keep_start" and cfg.max_prompt_length is None
+            and cfg.max_completion_length is None)
+    return cfg.max_length, cfg.prompt_limit(), cfg.max_completion_length, cfg.truncation_mode, drop
+
+
+def prepare_eval_pairs(cfg: TrainConfig, tokenizer, records) -> tuple[list[TokenizedPair], dict]:
+    """Eval pairs from in-memory records (``data.records_from_object``), as prepare_data's."""
+    examples, dropped = load_preferences(records, cfg.dataset_test_split or "test",
+                                         cfg.skip_invalid_records)
+    pairs, stats = tokenize_pairs(examples, tokenizer, *token_limits(cfg))
+    return pairs, {"dropped_invalid": dropped, "tokenize": vars(stats)}
 
 
 def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
@@ -125,7 +150,8 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
     # 'constant' still honours the warm-up (transformers' "constant" ignores it).
     name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler_type, cfg.lr_scheduler_type)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=cfg.lr_scheduler_kwargs)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -144,17 +170,20 @@ def make_accelerator(cfg: TrainConfig):
     if (AcceleratorState._shared_state and PartialState().num_processes == 1
             and AcceleratorState().mixed_precision != wanted):
         AcceleratorState._reset_state()
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=wanted)
+    return Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), mixed_precision=wanted)
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: RunData | None = None, eval_hook=None, *,
                  model=None, ref_model=None, peft_config=None, processing_class=None,
-                 datasets: dict | None = None, check_output: bool = True):
+                 datasets: dict | None = None, check_output: bool = True, callbacks=None,
+                 compute_metrics=None):
         """eval_hook: optional callable(trainer) -> dict of extra eval metrics (logged as eval_*).
         model / ref_model / peft_config / processing_class / datasets: in-memory objects that
         replace loading by name (see build_policy, prepare_data; ``hypo.api`` passes them).
-        check_output: False defers the output_dir check to train() (see ``preflight``)."""
+        check_output: False defers the output_dir check to train() (see ``preflight``).
+        callbacks: transformers TrainerCallbacks (``hypo.callbacks``); compute_metrics: callable
+        (EvalPrediction of the per-pair rewards) -> dict, called after every evaluation."""
         self.cfg = cfg.validate()
         fix_mmap_threshold()  # opt-in (HYPO_MMAP_THRESHOLD): lower peak RSS, slower steps (heap.py)
         preflight(cfg, model_given=model is not None, check_output=check_output)  # output_dir, model head, paths, LoRA targets: before any data or weights load
@@ -202,10 +231,15 @@ class Trainer:
         self.fast_head = self._check_target_only_head()  # before the reference cache: same path
         self.shared = self._check_prefix_sharing()  # likewise
         # HyPO's joint layout needs every response of a row in the same mode: not with LoRA dropout
-        # (on for the pairs, off for the samples) nor with the per-position estimators.
-        self._joint = self.shared and cfg.kl_estimator == "seq" and not has_lora_dropout(self.pair.policy)
-        self.ref_train = self._reference_logps(self.data.train, "train")
-        self.ref_eval = self._reference_logps(self.data.eval, "eval")
+        # (on for the pairs, off for the samples), the per-position estimators, or LD-DPO (its
+        # reference log-probs are weighted ones, from the cache).
+        self._joint = (self.shared and cfg.kl_estimator == "seq" and cfg.ld_alpha is None
+                       and not has_lora_dropout(self.pair.policy))
+        self.ref_train = self._pair_reference(self.data.train, "train")
+        self.ref_eval = self._pair_reference(self.data.eval, "eval")
+        # Evaluation sets by name ("" = the run's own eval data: metrics eval_*; others eval_<name>_*).
+        self.eval_sets = {"": (self.data.eval, self.ref_eval)} if self.data.eval else {}
+        self.compute_metrics = compute_metrics
 
         world = self.acc.num_processes
         self.global_batch = cfg.per_device_train_batch_size * world
@@ -217,14 +251,20 @@ class Trainer:
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
         self.model, self.optimizer = self.acc.prepare(self.pair.policy, make_optimizer(cfg, trainable))
         self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
-        self.pairs_stream = IndexStream(len(self.data.train), cfg.seed)
+        self.pairs_stream = IndexStream(len(self.data.train),
+                                        cfg.seed if cfg.data_seed is None else cfg.data_seed)
         self.prompt_stream = IndexStream(len(self.data.prompts), cfg.seed + 7) if self.data.prompts else None
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
-        # callables(trainer, metrics) run after every optimizer step (benchmarks, custom logging)
-        self.step_callbacks: list = []
         self._signal = None
         # Shown after a signal's checkpoint; the CLI sets the exact command line.
-        self.resume_command = "the same settings with resume_from_checkpoint='auto'"
+        self.resume_command = "trainer.train(resume_from_checkpoint=True) with the same settings"
+        self.logger, self.runs = None, 0  # the metrics logger while train() runs; train() calls
+        self.state = new_state(cfg, self.total_steps, self.global_batch, self.acc.is_main_process,
+                               self.acc.is_local_main_process)
+        self.control = TrainerControl()
+        self.callback_handler = make_handler(callbacks, self.acc.unwrap_model(self.model), tok,
+                                             self.optimizer, self.scheduler)
+        self._event("on_init_end")
 
     # ---- set-up helpers -----------------------------------------------------------------------
     def autocast(self):
@@ -301,13 +341,14 @@ class Trainer:
         head = ["head"] if self.fast_head else []  # LM head on response positions only
         return "+".join([self.cfg.dtype] + modes + head)
 
-    def _reference_logps(self, pairs: list[TokenizedPair], name: str) -> torch.Tensor:
+    def _reference_logps(self, pairs: list[TokenizedPair], name: str,
+                         pairs_fp: str | None = None) -> torch.Tensor:
         if not pairs:
             return torch.empty(0, 2)
         cfg = self.cfg
         ref_module = self.pair.reference if "reference" in self.fingerprints else self.pair.policy
         key = cache_key(self._reference_weights_fp(), self.fingerprints["tokenizer"],
-                        self.fingerprints[name], self._precision(),
+                        pairs_fp or self.fingerprints[name], self._precision(),
                         model_config_fingerprint(ref_module))
         cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else default_cache_dir()
 
@@ -342,7 +383,8 @@ class Trainer:
         bit. (Later epochs regroup the pairs: π ≠ π_ref by then, and a regrouped forward differs
         from the cached one only by float32 rounding.)"""
         if name == "train":
-            order, size = IndexStream(n, self.cfg.seed).take(0, n), self.cfg.per_device_train_batch_size
+            seed = self.cfg.seed if self.cfg.data_seed is None else self.cfg.data_seed  # pairs_stream's
+            order, size = IndexStream(n, seed).take(0, n), self.cfg.per_device_train_batch_size
         else:
             order, size = list(range(n)), self.cfg.per_device_eval_batch_size
         return [order[i: i + size] for i in range(0, n, size)]
@@ -398,14 +440,14 @@ class Trainer:
             ref_all = ref_all.view(b, -1)
             logps, ref_pairs = pol_all[:, :2], ref_all[:, :2]
             pol_online, ref_online = pol_all[:, 2:], ref_all[:, 2:]
-            out = self._preference_loss(batch_pairs, logps, ref_pairs)
+            out = self._preference_loss(batch_pairs, logps, ref_pairs, train)
             kl_loss = reverse_kl_loss(pol_online, ref_online)
             if train:
                 backward(out.losses.mean() + self.kl_coef * kl_loss, True)
         else:  # the offline pairs first, as a few length-bucketed forwards over [chosen | rejected]
             with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
                 logps = self._pair_logps(self.model, batch_pairs)
-            out = self._preference_loss(batch_pairs, logps, ref[indices].to(device))
+            out = self._preference_loss(batch_pairs, logps, ref[indices].to(device), train)
             if train and not (kl_term and self.single_backward):
                 with lora_dropout_active(self.model):  # checkpointed layers recompute in the same mode
                     backward(out.losses.mean(), not kl_term)
@@ -443,13 +485,19 @@ class Trainer:
         loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, self.kl_coef)
         return loss, stats
 
-    def _preference_loss(self, pairs: list[TokenizedPair], logps: torch.Tensor, ref: torch.Tensor):
-        """``losses.preference_loss`` of b pairs from (b, 2) policy and reference log-probs."""
-        cfg = self.cfg
+    def _preference_loss(self, pairs: list[TokenizedPair], logps: torch.Tensor, ref: torch.Tensor,
+                         train: bool = False):
+        """``losses.preference_loss`` of b pairs from (b, 2) policy and reference log-probs, with the
+        variants' extra inputs (LD-DPO, WPO: ``_variant_logps``) and the loss settings of cfg."""
         lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs],
                                device=logps.device)  # response tokens, for ipo's per-token mean
-        return preference_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type,
-                               cfg.label_smoothing, lengths[:, 0], lengths[:, 1])
+        variant = self._variant_logps(pairs, logps, train)
+        weighted = variant.pop("logps", logps)
+        out = preference_loss(weighted[:, 0], weighted[:, 1], ref[:, 0], ref[:, 1], self.cfg.beta,
+                              chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1],
+                              sft_chosen_logps=logps[:, 0], **variant, **self._loss_settings())
+        self.last_rewards = (out.chosen_rewards, out.rejected_rewards)  # compute_metrics' input
+        return out
 
     def _response_logps(self, model, groups: list[Group]) -> torch.Tensor:
         """(R,) log-probs of the groups' responses in group order: shared-prefix rows when on, as a
@@ -482,6 +530,48 @@ class Trainer:
             return seq, analytic_kl_loss(lp, positions.padded(kls, n)[0].view(*shape, -1), mask)
         ref_lp = positions.padded(ref_positions.token_logps.to(logps.device), n)[0].view(*shape, -1)
         return seq, token_kl_loss(lp, ref_lp, mask)
+
+    def _pair_reference(self, pairs: list[TokenizedPair], name: str, keep: bool = True) -> torch.Tensor:
+        """(N, 2) reference log-probs of pairs (cached by content); LD-DPO-weighted with ld_alpha
+        (the shared prefixes are a second cached set, ``variants.shared_prefix_pairs``). keep:
+        record the pairs' fingerprint under ``name`` (checkpoints compare it on resume)."""
+        def reference(part: list[TokenizedPair], key: str) -> torch.Tensor:
+            fp = self.fingerprints.get(key) if key in ("train", "eval") else fingerprint_pairs(part)
+            if keep:
+                self.fingerprints.setdefault(key, fp)
+            return self._reference_logps(part, key, fp)
+
+        ref = reference(pairs, name)
+        if self.cfg.ld_alpha is None or not pairs:
+            return ref
+        return ld_logps(ref, reference(shared_prefix_pairs(pairs), f"{name}/shared"), self.cfg.ld_alpha)
+
+    def _variant_logps(self, pairs: list[TokenizedPair], logps: torch.Tensor, train: bool) -> dict:
+        """preference_loss' extra inputs for LD-DPO (weighted (b, 2) log-probs, from a forward of the
+        shared prefixes) and WPO (pair weights, from a no-grad forward): {} for plain DPO."""
+        cfg, b, out = self.cfg, len(pairs), {}
+        if cfg.ld_alpha is not None:
+            with torch.set_grad_enabled(train), self.autocast(), lora_dropout_active(self.model, train):
+                prefix = self._pair_logps(self.model, shared_prefix_pairs(pairs))
+            out["logps"] = ld_logps(logps, prefix, cfg.ld_alpha)
+        if cfg.use_weighting:
+            with self.autocast():
+                aligned = aligned_mean_logps(self.acc.unwrap_model(self.model),
+                                             [p.prompt_ids for p in pairs] * 2,
+                                             [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
+                                             self.pad, self.acc.device)
+            out["pair_weights"] = wpo_weights(aligned[:b], aligned[b:])
+        return out
+
+    def _loss_settings(self) -> dict:
+        """preference_loss' keyword settings from cfg (rpo_alpha = one more 'sft' term)."""
+        cfg = self.cfg
+        types, weights = list(cfg.loss_type), list(cfg.loss_weights or [1.0] * len(cfg.loss_type))
+        if cfg.rpo_alpha is not None:
+            types, weights = types + ["sft"], weights + [cfg.rpo_alpha]
+        return dict(loss_type=types, loss_weights=weights, label_smoothing=cfg.label_smoothing,
+                    f_divergence_type=cfg.f_divergence_type,
+                    f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, discopop_tau=cfg.discopop_tau)
 
     def _update_kl_coef(self, metrics: dict) -> None:
         """λ for the next step: from the schedule, or the kl_target controller (docs/losses.md)."""
@@ -516,16 +606,22 @@ class Trainer:
         return [self.data.prompts[i] for i in self.prompt_stream.take(start, count)]
 
     # ---- the loop -----------------------------------------------------------------------------
-    def train(self) -> dict:
+    def train(self, continue_run: bool = False):
+        """Train to total_steps; returns transformers' TrainOutput (global_step, training_loss,
+        metrics: train_runtime, train_samples_per_second, train_steps_per_second, train_loss,
+        epoch). continue_run: a further call on the same trainer (``start_segment`` ran): the run
+        folder is this run's own, so it is neither checked nor cleared."""
         cfg, acc = self.cfg, self.acc
         out_dir = Path(cfg.output_dir)
-        check_output_dir(cfg)  # again here: resume_from_checkpoint may have been set since __init__
+        started_at = time.perf_counter()
+        if not continue_run:
+            check_output_dir(cfg)  # again here: resume_from_checkpoint may have been set since __init__
         acc.wait_for_everyone()  # every process checks before the main one writes anything
-        if cfg.resume_from_checkpoint:
+        if cfg.resume_from_checkpoint and not continue_run:
             if cfg.overwrite_output_dir:
                 console.print("overwrite_output_dir is ignored: resume_from_checkpoint continues the run.")
             self._resume(cfg.resume_from_checkpoint)
-        elif cfg.overwrite_output_dir and acc.is_main_process:
+        elif cfg.overwrite_output_dir and acc.is_main_process and not continue_run:
             self._clear_previous_run(out_dir)
         self._set_run_name(out_dir)
         if acc.is_main_process:  # every file of the run is listed in its hypo_files.json
@@ -543,7 +639,14 @@ class Trainer:
             truncate_jsonl(samples_log, self.step)
         self._install_signal_handlers()
         accum, b = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
-        last_eval, first_step = {}, self.step
+        first_step, done = self.step, {"eval": None, "save": None}  # steps last evaluated / saved
+        loss_sum, self.runs = 0.0, self.runs + 1
+        self.control._new_training()
+        self._sync_state()
+        self._event("on_train_begin")
+        if cfg.eval_on_start and self.step == 0:
+            self._evaluate_and_log()
+        self._event("on_epoch_begin")
         try:
             with step_progress("training", self.total_steps, cfg.disable_progress_bar
                                or not acc.is_main_process, completed=self.step) as advance:
@@ -552,6 +655,8 @@ class Trainer:
                     totals: dict[str, float] = {}
                     losses = []
                     self._step_samples, self._step_records = [], []
+                    self.control._new_step()
+                    self._event("on_step_begin")
                     plan = []  # (indices, online prompts) of every micro-batch of the step
                     for micro in range(accum):
                         m = self.step * accum + micro  # global micro-batch counter (data cursor)
@@ -573,61 +678,171 @@ class Trainer:
                         for k, v in stats.items():
                             totals[k] = totals.get(k, 0.0) + v
                         self._step_records += [self.data.train[i].index for i in indices]
+                        if not sync:
+                            self._event("on_substep_end")
                     metrics = self._finish_step(totals, losses)
                     metrics["step_time"] = time.perf_counter() - started
                     if self.hypo:
                         metrics["kl/coef"] = self.kl_coef
                     self.step += 1
+                    loss_sum += metrics["loss"]
                     if self.hypo:
                         self._update_kl_coef(metrics)
-                    for callback in self.step_callbacks:
-                        callback(self, metrics)
+                    if cfg.sync_ref_model and self.step % cfg.ref_model_sync_steps == 0:
+                        self._sync_reference()
+                    self._sync_state()
+                    self._event("on_step_end")
+                    epoch_end = self._epoch_ends(self.step)
+                    if epoch_end:
+                        self._event("on_epoch_end")
                     if cfg.log_online_samples and acc.is_main_process:
                         append_jsonl(samples_log, {"step": self.step, "response_ids": self._step_samples})
-                    if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                        self.logger.log(metrics, self.step)
+                    logged = self.control.should_log  # on_log resets the flag (transformers)
+                    if logged:
+                        self._log(metrics)
                     advance(1, f"loss {metrics['loss']:.4f}" +
-                            (f"  kl {metrics['kl/online']:.3f}" if "kl/online" in metrics else ""))
-                    if self._due("eval", self.step) and self.data.eval:
-                        last_eval = self.evaluate()
-                        self.logger.log(last_eval, self.step)
-                    if self._due("save", self.step):
-                        self.save_checkpoint()
+                            (f"  kl {metrics['kl/online']:.3f}" if "kl/online" in metrics else ""),
+                            line=logged)
+                    if self.control.should_evaluate and self.eval_sets:
+                        self._evaluate_and_log()
+                        done["eval"] = self.step
+                    if self.control.should_save:
+                        self._save_and_report()
+                        done["save"] = self.step
                     if self._stop_requested():
-                        if not self._due("save", self.step):
-                            self.save_checkpoint()
-                        self._print_resume_hint()
-                        raise Interrupted(143 if self._signal == signal.SIGTERM else 130)
-            if self.data.eval and cfg.eval_strategy != "no" and not self._due("eval", self.step):
-                last_eval = self.evaluate()
-                self.logger.log(last_eval, self.step)
-            if self._final_checkpoint_due(first_step):
-                self.save_checkpoint()  # the final step too, so a finished run can be extended
+                        if done["save"] != self.step:
+                            self._save_and_report()
+                        folder = self._print_resume_hint()
+                        name = "SIGTERM" if self._signal == signal.SIGTERM else "SIGINT"
+                        raise Interrupted(143 if self._signal == signal.SIGTERM else 130,
+                                          f"stopped by {name} after step {self.step}: checkpoint "
+                                          f"written to {folder}; resume with: {self.resume_command}")
+                    if self.control.should_training_stop:
+                        # Ends after this step; the final evaluation and save_model run as at a
+                        # normal end (the LR schedule is not changed).
+                        self.total_steps = min(self.total_steps, self.step)
+                    elif epoch_end and self.step < self.total_steps:
+                        self._event("on_epoch_begin")
+            if self.eval_sets and cfg.eval_strategy != "no" and done["eval"] != self.step:
+                self._evaluate_and_log()
+            if self._final_checkpoint_due(first_step) and done["save"] != self.step:
+                self._save_and_report()  # the final step too, so a finished run can be extended
+            if cfg.load_best_model_at_end:
+                self._load_best_model()
             self.save_model()
+            output = self._train_output(started_at, loss_sum, self.step - first_step)
+            self._event("on_train_end")
         finally:
             self.logger.close()
+            self.logger = None
             self._restore_signal_handlers()
-        return {"step": self.step, **last_eval}
+        return output
 
-    def _due(self, what: str, step: int) -> bool:
-        """Whether evaluation ('eval') or a checkpoint ('save') is due after optimizer step `step`
-        under eval_strategy / save_strategy. 'epoch': the step's pairs complete a pass over the
-        training pairs (the data cursor crosses a multiple of their number)."""
-        strategy = getattr(self.cfg, f"{what}_strategy")
-        if strategy == "steps":
-            every = getattr(self.cfg, f"{what}_steps")
-            return bool(every) and step % every == 0
-        if strategy == "epoch":
-            per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
-            return step * per_step // n > (step - 1) * per_step // n
-        return False
+    def start_segment(self) -> None:
+        """Prepare a further train() call on this trainer (transformers' repeated train()): the
+        weights go on from where they are, with a new optimizer and learning-rate schedule over
+        another max_steps / num_train_epochs worth of steps; step numbers, metrics.jsonl and
+        log_history continue."""
+        steps = self.total_steps if self.runs == 0 else self._steps_per_call()
+        self.total_steps = self.step + steps
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self.acc.prepare_optimizer(make_optimizer(self.cfg, trainable))
+        self.scheduler = make_scheduler(self.cfg, self.optimizer, steps)
+        self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.scheduler
+        self.state.max_steps = self.total_steps
+
+    def _steps_per_call(self) -> int:
+        per_step = self.global_batch * self.cfg.gradient_accumulation_steps
+        return self.cfg.max_steps if self.cfg.max_steps > 0 else max(
+            1, math.ceil(self.cfg.num_train_epochs * len(self.data.train) / per_step))
+
+    def _train_output(self, started_at: float, loss_sum: float, steps: int):
+        """transformers' TrainOutput, logged as the last row of log_history (as Trainer.train)."""
+        from transformers.trainer_utils import TrainOutput
+
+        runtime = time.perf_counter() - started_at
+        pairs = steps * self.global_batch * self.cfg.gradient_accumulation_steps
+        metrics = {"train_runtime": round(runtime, 4),
+                   "train_samples_per_second": round(pairs / runtime, 3) if runtime else 0.0,
+                   "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
+                   "train_loss": loss_sum / steps if steps else float("nan"),
+                   "epoch": self.state.epoch}
+        self._log(metrics, to_file=False)
+        return TrainOutput(self.step, metrics["train_loss"], metrics)
+
+    # ---- callbacks and logs (transformers' protocol, see hypo.callbacks) -----------------------
+    def _event(self, name: str, **kwargs) -> None:
+        """Fire a TrainerCallback event; the returned control is the loop's."""
+        self.control = getattr(self.callback_handler, name)(self.cfg, self.state, self.control, **kwargs)
+
+    def _sync_state(self) -> None:
+        self.state.global_step, self.state.max_steps = self.step, self.total_steps
+        per_step = self.global_batch * self.cfg.gradient_accumulation_steps
+        self.state.epoch = self.step * per_step / len(self.data.train)
+
+    def _log(self, metrics: dict, to_file: bool = True) -> None:
+        """A row of log_history (with "step"), of metrics.jsonl while training, then on_log."""
+        row = dict(metrics)
+        row.setdefault("epoch", self.state.epoch)
+        self.state.log_history.append({**row, "step": self.step})
+        if to_file and self.logger is not None:
+            self.logger.log(row, self.step)
+        self._event("on_log", logs=row)
+
+    def _epoch_ends(self, step: int) -> bool:
+        """Whether optimizer step `step` completes a pass over the training pairs (its data cursor
+        crosses a multiple of their number)."""
+        per_step, n = self.global_batch * self.cfg.gradient_accumulation_steps, len(self.data.train)
+        return step * per_step // n > (step - 1) * per_step // n
 
     def _final_checkpoint_due(self, first_step: int) -> bool:
         """Whether the last step still needs its checkpoint: not under save_strategy 'no' or
-        save_steps 0, not when no step ran, and not twice (the strategy may have written it)."""
+        save_steps 0, and not when no step ran."""
         strategy = self.cfg.save_strategy
         wanted = strategy == "epoch" or (strategy == "steps" and self.cfg.save_steps > 0)
-        return wanted and self.step > first_step and not self._due("save", self.step)
+        return wanted and self.step > first_step
+
+    def _save_and_report(self) -> None:
+        folder = self.save_checkpoint()
+        if folder is not None and self.state.best_global_step == self.step:
+            self.state.best_model_checkpoint = str(folder)
+        self._event("on_save")
+
+    def _evaluate_and_log(self, sets: dict | None = None, prefix: str = "eval") -> dict:
+        """Evaluate every set (default: self.eval_sets), log one row per set, then on_evaluate
+        with all of them; returns the merged metrics."""
+        merged = {}
+        for name, (pairs, ref) in (self.eval_sets if sets is None else sets).items():
+            metrics = self.evaluate(pairs, ref, f"{prefix}_{name}" if name else prefix)
+            metrics["epoch"] = self.state.epoch
+            self._log(metrics)
+            merged.update(metrics)
+        self._event("on_evaluate", metrics=merged)
+        if update_best(self.cfg, self.state, merged) and self.cfg.load_best_model_at_end:
+            self._best_weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable().items()}
+        return merged
+
+    def _load_best_model(self) -> None:
+        """load_best_model_at_end: the trainable weights of the best evaluation (kept in memory, or
+        read back from its checkpoint after a resume)."""
+        best = getattr(self, "_best_weights", None)
+        if best is None and self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).is_dir():
+            best = ckpt.load_checkpoint(Path(self.state.best_model_checkpoint))[1]
+        if best is None or self.state.best_global_step == self.step:
+            return
+        with torch.no_grad():
+            for name, p in self._trainable().items():
+                p.copy_(best[name].to(p.device))
+        console.print(f"load_best_model_at_end: weights of step {self.state.best_global_step} "
+                      f"({self.cfg.metric_for_best_model} {self.state.best_metric:.6g})")
+
+    def _sync_reference(self) -> None:
+        """TR-DPO: π_ref ← α·π + (1 − α)·π_ref, then the pairs' reference log-probs again."""
+        mix_into_reference(self.acc.unwrap_model(self.model), self.pair.reference,
+                           self.cfg.ref_model_mixup_alpha)
+        self.ref_train = self._pair_reference(self.data.train, "train")
+        self.eval_sets = {name: (pairs, self._pair_reference(pairs, f"eval:{name}" if name else "eval"))
+                          for name, (pairs, _) in self.eval_sets.items()}
 
     def _clear_previous_run(self, out_dir: Path) -> None:
         """overwrite_output_dir: remove the previous run's own files, say what went and what stayed."""
@@ -655,12 +870,13 @@ class Trainer:
 
             self.cfg.run_name = datetime.datetime.now().strftime("%b%d_%H-%M-%S_") + socket.gethostname()
 
-    def _print_resume_hint(self) -> None:
+    def _print_resume_hint(self) -> Path:
+        folder = Path(self.cfg.output_dir) / f"{ckpt.PREFIX}{self.step}"
         if self.acc.is_main_process:
-            folder = Path(self.cfg.output_dir) / f"{ckpt.PREFIX}{self.step}"
             # one unwrapped line without markup, so that the command can be copied as it is
             console.print(f"checkpoint written to {folder}; resume with: {self.resume_command}",
                           soft_wrap=True, markup=False, highlight=False)
+        return folder
 
     def _finish_step(self, totals: dict, losses: list[float]) -> dict:
         """Clip, guard against non-finite values, apply the update; returns the step's metrics."""
@@ -692,7 +908,9 @@ class Trainer:
                                      f"a row (records {records}); stopping.")
         else:
             self.consecutive_skips = 0
+            self._event("on_pre_optimizer_step")
             self.optimizer.step()
+            self._event("on_optimizer_step")
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         totals = self._reduce(totals)
@@ -719,25 +937,49 @@ class Trainer:
         return dict(zip(keys, t.tolist()))
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """DPO metrics on the eval pairs and the online reverse-KL estimate on eval prompts."""
-        cfg, pairs = self.cfg, self.data.eval
+    def evaluate(self, pairs: list[TokenizedPair] | None = None, ref: torch.Tensor | None = None,
+                 prefix: str = "eval") -> dict:
+        """DPO metrics on eval pairs (default: the run's eval data) and the online reverse-KL
+        estimate on their prompts, named ``{prefix}_<metric>``; compute_metrics' and eval_hook's
+        metrics too."""
+        cfg = self.cfg
+        if pairs is None:
+            pairs, ref = self.data.eval, self.ref_eval
         totals: dict[str, float] = {}
+        rewards = []
         bs = cfg.per_device_eval_batch_size
         for start in range(0, len(pairs), bs):
             idx = list(range(start, min(start + bs, len(pairs))))
-            loss, stats = self._micro_step(idx, None, self.ref_eval, pairs)
+            loss, stats = self._micro_step(idx, None, ref, pairs)
             stats["loss"] = stats["loss/dpo"]
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
+            rewards.append(torch.stack(self.last_rewards, 1).float().cpu())
+            self._event("on_prediction_step")
         n = totals.pop("pairs")
-        metrics = {f"eval_{k}": v / n for k, v in totals.items() if not k.startswith("tokens/")}
-        if cfg.eval_online_prompts > 0:
+        metrics = {f"{prefix}_{k}": v / n for k, v in totals.items() if not k.startswith("tokens/")}
+        # The eval KL needs π_ref live: none is held when no eval data was known at set-up
+        # (evaluate() on a new dataset with cached reference log-probs); then it is left out.
+        if cfg.eval_online_prompts > 0 and (self.pair.is_peft or self.pair.reference is not None):
             metrics.update(self.online_kl([p.prompt_ids for p in pairs[: cfg.eval_online_prompts]],
-                                          prefix="eval_"))
+                                          prefix=f"{prefix}_"))
+        if self.compute_metrics is not None:
+            metrics.update(self._computed_metrics(torch.cat(rewards), prefix))
         if self.eval_hook is not None:
-            metrics.update({f"eval_{k}": v for k, v in self.eval_hook(self).items()})
+            metrics.update({f"{prefix}_{k}": v for k, v in self.eval_hook(self).items()})
         return metrics
+
+    def _computed_metrics(self, rewards: torch.Tensor, prefix: str) -> dict:
+        """compute_metrics(EvalPrediction): predictions (N, 2) = the implicit rewards β·ρ of
+        [chosen, rejected] per pair (full logits are never built); label_ids (N,) = 0, the index
+        of the preferred response, so argmax accuracy is the reward accuracy."""
+        import numpy as np
+        from transformers import EvalPrediction
+
+        predictions = rewards.numpy()
+        extra = self.compute_metrics(EvalPrediction(predictions=predictions,
+                                                    label_ids=np.zeros(len(predictions), np.int64)))
+        return {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in (extra or {}).items()}
 
     @torch.no_grad()
     def online_kl(self, prompts: list[list[int]], prefix: str = "") -> dict:
@@ -788,9 +1030,12 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "sampler": samplers, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict(),
-                 "kl_coef": self.kl_coef}
+                 "kl_coef": self.kl_coef,
+                 "best": {"metric": self.state.best_metric, "step": self.state.best_global_step,
+                          "checkpoint": self.state.best_model_checkpoint}}
         return ckpt.save_checkpoint(self.cfg.output_dir, self.step, trainable, state,
-                                    self.fingerprints, self.cfg.save_total_limit)
+                                    self.fingerprints,
+                                    self.cfg.save_total_limit or 2**31)  # None: keep every one
 
     def _resume(self, spec: str) -> None:
         folder = ckpt.resolve_checkpoint(spec, self.cfg.output_dir)
@@ -807,6 +1052,13 @@ class Trainer:
             raise ckpt.CheckpointError(f"{folder}: its trainer state does not fit this run "
                                        f"({type(err).__name__}: {err}).") from None
         console.print(f"resumed from {folder} at step {self.step}")
+        # log_history as TRL restores it: the rows logged up to the checkpoint's step.
+        if (Path(self.cfg.output_dir) / "metrics.jsonl").exists():
+            self.state.log_history = [r for r in read_metrics(self.cfg.output_dir)
+                                      if r.get("step", 0) <= self.step]
+        best = state.get("best") or {}
+        self.state.best_metric, self.state.best_global_step = best.get("metric"), best.get("step")
+        self.state.best_model_checkpoint = best.get("checkpoint")
 
     def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
         """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
@@ -926,11 +1178,3 @@ class Trainer:
 
 
 ONLINE_KEYS = ("loss/kl", "kl/online", "online/length", "online/clipped_ratio")
-
-
-def train(cfg: TrainConfig) -> dict:
-    """Validate, load and train; the library entry point behind ``hypo train`` (one path: the API)."""
-    from .api import HyPOTrainer
-
-    check_output_dir(cfg)  # before anything loads (the API defers it to train())
-    return HyPOTrainer(args=cfg).train()
