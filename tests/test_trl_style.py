@@ -489,7 +489,8 @@ def test_cli_logs_a_line_per_logging_step_off_a_terminal_and_no_loading_bars(tin
     base = [sys.executable, "-m", "hypo.cli", "train", "--model_name_or_path", model, "--dataset_name",
             str(data), "--max_steps", "4", "--logging_steps", "2", "--max_length", "32", "--algo", "dpo",
             "--report_to", "none", "--save_steps", "0", "--ref_cache_dir", str(tmp_path / "cache")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # test_trl_parity sets it
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent / "src")
     run = subprocess.run(base + ["--output_dir", str(tmp_path / "a")], capture_output=True, text=True,
                          env=env)
     assert run.returncode == 0, run.stderr

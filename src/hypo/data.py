@@ -12,6 +12,7 @@ This module never loads a model.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import random
@@ -721,20 +722,24 @@ def _cut_text(value, chars: int, keep_end: bool):
         if len(value) <= chars:
             return value
         return value[-chars:] if keep_end else value[:chars]
-    if not any(len(m["content"]) > chars for m in value):
+    def long(m: dict) -> bool:  # a tool-call message may carry no text (content None)
+        return isinstance(m.get("content"), str) and len(m["content"]) > chars
+
+    if not any(long(m) for m in value):
         return value
-    return [{**m, "content": _cut_text(m["content"], chars, keep_end)} for m in value]
+    return [{**m, "content": _cut_text(m["content"], chars, keep_end)} if long(m) else m for m in value]
 
 
-def _bounded(ex, tokenizer, prompt_tokens: int, response_tokens: int):
+def _bounded(ex, tokenizer, prompt_tokens: int, response_tokens: int, keep_start: bool = False):
     """The example with its texts cut at the character level before tokenizing: a record of any
-    size costs what ``max_length`` tokens cost (tokenizers hold several copies of their input)."""
-    prompt = _cut_text(ex.prompt, char_budget(tokenizer, prompt_tokens), keep_end=True)
+    size costs what ``max_length`` tokens cost (tokenizers hold several copies of their input).
+    keep_start: the prompt keeps its start (truncation_mode 'keep_start'), not its end."""
+    prompt = _cut_text(ex.prompt, char_budget(tokenizer, prompt_tokens), keep_end=not keep_start)
     if not hasattr(ex, "chosen"):
-        return PromptExample(prompt, ex.index, ex.source)
+        return dataclasses.replace(ex, prompt=prompt)
     cut = char_budget(tokenizer, response_tokens)
-    return PreferenceExample(prompt, _cut_text(ex.chosen, cut, False), _cut_text(ex.rejected, cut, False),
-                             ex.index, ex.source)
+    return dataclasses.replace(ex, prompt=prompt, chosen=_cut_text(ex.chosen, cut, False),
+                               rejected=_cut_text(ex.rejected, cut, False))
 
 
 def _cut_prompt(ids: list[int], max_prompt_length: int) -> list[int]:
@@ -755,7 +760,7 @@ def tokenize_pairs(examples: list[PreferenceExample], tokenizer, max_length: int
                          f"({max_length}) to leave room for a response")
     pairs, stats = [], TokenizeStats(total=len(examples))
     for ex in examples:
-        ex = _bounded(ex, tokenizer, max_prompt_length, max_length)
+        ex = _bounded(ex, tokenizer, max_prompt_length, max_length, truncation_mode == "keep_start")
         try:
             kwargs = ex.template_kwargs
             prompt = encode_prompt(ex.prompt, tokenizer, kwargs)
