@@ -212,6 +212,9 @@ def test_character_cut_gives_the_tokens_of_the_whole_text(tiny):
         prompt = tok(ex.prompt)["input_ids"]
         chosen = tok(ex.chosen, add_special_tokens=False)["input_ids"]
         assert pair.prompt_ids == prompt[-32:] and pair.chosen_ids == chosen[:32]
+    kept, _ = tokenize_pairs(examples, tok, 64, 32, truncation_mode="keep_start")  # TRL's other mode
+    for ex, pair in zip(examples, kept):
+        assert pair.prompt_ids == tok(ex.prompt)["input_ids"][:32]
 
 
 def test_parquet_files_are_checked_before_they_are_read(tmp_path):
