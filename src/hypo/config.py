@@ -523,7 +523,7 @@ class TrainConfig:
         kwargs = dict(self.model_init_kwargs)
         if "trust_remote_code" in kwargs:
             raise ConfigError("model_init_kwargs: trust_remote_code is not read from here; set "
-                              "trust_remote_code=True itself (see docs/security.md).")
+                              "the trust_remote_code option itself to True (see docs/security.md).")
         if "quantization_config" in kwargs:
             raise ConfigError("model_init_kwargs: quantization_config is not supported yet; load "
                               "the quantized model yourself and pass it as model=.")

@@ -70,7 +70,7 @@ def load_causal_lm(name: str, dtype: str = "float32", revision: str | None = Non
     except Exception as err:  # noqa: BLE001
         if "custom code" in str(err) and not trust_remote_code:
             raise ConfigError(f"the model {name!r} ships custom code, which runs only with "
-                              "trust_remote_code=True (--trust_remote_code): pass it if you trust "
+                              "trust_remote_code set to True (--trust_remote_code): pass it if you trust "
                               "that code.") from None
         raise ConfigError(f"could not load the model {name!r}: {err}. model_name_or_path must be a "
                           "causal LM folder or a reachable hub id.") from None
