@@ -34,7 +34,7 @@ from .data import (DataError, TokenizedPair, fingerprint, fingerprint_pairs,
 from .heap import fix_mmap_threshold
 from .logprobs import bucketed_logps, pack_sequences, sequence_logps, supports_target_only_head
 from .losses import hypo_loss, preference_loss, reverse_kl_estimate, reverse_kl_loss
-from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
+from .losses import analytic_kl_loss, dual_ascent_kl_coef, kl_coef_at, token_kl_loss
 from .logprobs import position_logps_and_kls, response_positions
 from .model_card import final_metrics, write_model_card
 from .preflight import check_output_dir, clear_output_dir, preflight
@@ -431,12 +431,12 @@ class Trainer:
         return seq, token_kl_loss(lp, ref_lp, mask)
 
     def _update_kl_coef(self, metrics: dict) -> None:
-        """λ for the next step: from the schedule, or the kl_target controller (docs/losses.md)."""
+        """λ for the next step: from the schedule, or by dual ascent on the KL budget kl_target
+        (the mean online KL of the step against κ; docs/losses.md)."""
         cfg = self.cfg
         if cfg.kl_target > 0:
-            self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics.get("kl/online", float("nan")),
-                                            cfg.kl_target, cfg.kl_target_rate,
-                                            cfg.kl_coef / 100, cfg.kl_coef * 100)
+            self.kl_coef = dual_ascent_kl_coef(self.kl_coef, metrics.get("kl/online", float("nan")),
+                                               cfg.kl_target, cfg.kl_target_rate)
         else:
             self.kl_coef = kl_coef_at(cfg.kl_coef, cfg.kl_coef_schedule,
                                       self.step / max(1, self.total_steps - 1), cfg.kl_coef_final)
@@ -522,6 +522,8 @@ class Trainer:
                     metrics["step_time"] = time.perf_counter() - started
                     if self.hypo:
                         metrics["kl/coef"] = self.kl_coef
+                        if cfg.kl_target > 0:
+                            metrics["kl/target"] = cfg.kl_target
                     self.step += 1
                     if self.hypo:
                         self._update_kl_coef(metrics)
