@@ -144,5 +144,7 @@ def test_miniature_frontier_through_the_cli(tmp_path, monkeypatch):
                 assert point["convergence_step"]["median"] <= 4
     ids = {v["id"] for v in saved["verdicts"]}
     assert {"partial:hypo_vs_dpo", "truly_global:hypo_vs_dpo", "partial:rlhf_unbounded", "budgets"} <= ids
+    opt = saved["optimum"]  # the exact optimum frontier: KL and gold reward rise together along β ↓
+    assert len(opt) > 10 and opt[0]["kl"] >= opt[-1]["kl"] and opt[0]["gold_reward"] >= opt[-1]["gold_reward"]
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert "Verdicts" in (tmp_path / "frontier.md").read_text()

@@ -265,6 +265,17 @@ def _logps(policy: Stack, prompts: torch.Tensor, responses: torch.Tensor, mask: 
     return response_logps(policy.grouped_logits(prompts, responses), responses, mask)
 
 
+def optimum_frontier(engine: Engine) -> list[dict]:
+    """The exact best frontier on the held-out prompts: π*_β ∝ π_ref·exp(4r*/β) over β (the
+    KL-regularised optima maximise the gold reward at their KL), from π_ref's class masses."""
+    from .optimum import class_masses, optimum
+
+    prompts = engine.task.eval_prompts
+    masses = class_masses(engine.reference, engine.tok, prompts)
+    return [{k: round(v, 4) for k, v in optimum(engine.task, masses, prompts, beta).items()
+             if k in ("beta", "kl", "gold_reward")} for beta in torch.logspace(-2, 2, 33).tolist()]
+
+
 def run_frontier(out_dir: str | Path, s: FrontierSettings, progress: bool = True) -> dict:
     """Train every run of the frontier; returns {"settings", "reference", "coverage", "runs",
     "reward_models", "timing"} (see frontier_report for the files)."""
@@ -308,7 +319,7 @@ def run_frontier(out_dir: str | Path, s: FrontierSettings, progress: bool = True
     timing.update({f"train_{fam.name}": fam.seconds for fam in families})
     timing["total"] = time.perf_counter() - started
     return {"settings": {**asdict(s), "model_shape": MODEL_SHAPE, "reference_sft": SFT},
-            "reference": reference,
+            "reference": reference, "optimum": optimum_frontier(engine),
             "coverage": {regime: engine.judge.coverage(COVERAGE_REGIMES[regime]) for regime in s.regimes},
             "reward_models": ({f"{r}/seed{sd}": acc for (r, sd), acc in zip(engine.keys, engine.rewards.accuracy)}
                               if engine.rewards else {}),

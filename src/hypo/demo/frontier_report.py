@@ -81,7 +81,7 @@ def summarize(results: dict, seed: int = 0) -> dict:
     resamples = [rng.integers(0, n, n) for _ in range(B)]
     boots = [table.medians(rows) for rows in resamples]
     med = table.medians()
-    out = {"settings": results["settings"], "timing": results["timing"],
+    out = {"settings": results["settings"], "timing": results["timing"], "optimum": results.get("optimum", []),
            "reward_models": results.get("reward_models", {}), "coverage": results["coverage"],
            "regimes": {}}
     for regime in results["settings"]["regimes"]:
@@ -204,6 +204,9 @@ def plot_frontier(summary: dict, path: Path) -> Path:
         res = summary["regimes"][regime]
         ref = res["reference"]["gold_reward"]
         ax.axhline(ref, color="gray", lw=0.8, ls=":", label="π_ref")
+        if summary.get("optimum"):
+            opt = sorted((p["kl"], p["gold_reward"]) for p in summary["optimum"])
+            ax.plot(*zip(*opt), "--", color="black", lw=1, label="optimum π*_β (exact)")
         for method, m in res["methods"].items():
             pts = sorted(((p["kl"]["median"], p["gold_reward"]["median"], p) for p in m["points"].values()),
                          key=lambda t: t[0])
