@@ -128,6 +128,7 @@ def test_miniature_frontier_through_the_cli(tmp_path, monkeypatch):
         s = real_quick(seeds)
         s.n_pairs, s.n_held_out_pairs, s.batch_size, s.max_steps, s.min_steps = 32, 16, 4, 4, 2
         s.eval_every, s.window, s.eval_samples_per_prompt, s.rm_steps, s.bootstrap = 2, 1, 2, 2, 50
+        s.dpo_betas, s.budgets = (0.3,), (1.0,)  # one point per method: 30 runs, the test's cost
         return s
 
     monkeypatch.setattr(frontier, "quick_settings", tiny)
