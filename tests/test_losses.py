@@ -176,3 +176,30 @@ def test_kl_estimator_expected_gradient_is_exact(k):
     assert torch.allclose(expected_grad, exact_grad, atol=1e-10, rtol=0)
     # ... and the logged estimate mean(r) is unbiased for the KL value itself.
     assert abs(float((probs * (lp - lp_ref)).sum()) - float(exact_kl)) < 1e-12
+
+
+def test_reinforce_kl_loss_is_unbiased_and_differs_from_rloo():
+    """The no-baseline surrogate (measured by hypo.demo.variance): its expected gradient over all
+    k-tuples is ∇KL like the leave-one-out one's, while single draws differ."""
+    import itertools
+
+    from hypo.losses import reinforce_kl_loss, reverse_kl_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(4, dtype=torch.float64).log_softmax(0)
+    logp = logits.log_softmax(0)
+    kl = (logp.exp() * (logp - ref)).sum()
+    (want,) = torch.autograd.grad(kl, logits)
+    for surrogate in (reinforce_kl_loss, reverse_kl_loss):
+        total = torch.zeros(4, dtype=torch.float64)
+        for ys in itertools.product(range(4), repeat=2):  # every ordered pair of samples, exactly
+            lp = logits.log_softmax(0)
+            (g,) = torch.autograd.grad(surrogate(lp[list(ys)].view(1, 2), ref[list(ys)].view(1, 2)), logits)
+            total += lp[list(ys)].exp().prod().detach() * g
+        assert torch.allclose(total, want, atol=1e-12)  # float64 sums of 16 terms
+    def one_draw(surrogate):
+        lp = logits.log_softmax(0)
+        return torch.autograd.grad(surrogate(lp[[0, 1]].view(1, 2), ref[[0, 1]].view(1, 2)), logits)[0]
+
+    assert not torch.allclose(one_draw(reinforce_kl_loss), one_draw(reverse_kl_loss))

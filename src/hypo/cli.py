@@ -2,7 +2,7 @@
 
     hypo train --config run.yaml [--beta 0.2 ...]   train HyPO or DPO
     hypo tiny --out DIR                              build a tiny local model + preference file
-    hypo demo [--quick]                              DPO vs HyPO on a task with a gold reward
+    hypo demo [--quick|--sweep|--frontier]           DPO vs HyPO on a task with a gold reward
     hypo realexp [--quick]                           the coverage experiment on SmolLM2-135M-Instruct
     hypo lab [separation|sweep|finite|...]           the coverage lab (exact small-scale theory)
     hypo eval --model DIR --prompts FILE [...]       KL, reward, win rate of a trained model
@@ -152,9 +152,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if args.frontier:
+        return _demo_frontier(args)
     settings = DemoSettings()
-    overrides = {k: getattr(args, k) for k in ("steps", "learning_rate", "beta", "kl_coef", "n_pairs",
-                                                 "num_online_samples") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("steps", "learning_rate", "beta", "kl_coef", "kl_target",
+                                                 "n_pairs", "num_online_samples") if getattr(args, k) is not None}
     if args.quick:
         overrides.setdefault("seeds", (0,))
     if args.seeds:
@@ -164,6 +166,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .demo.sweep import sweep_settings, sweep_verdicts, write_sweep_report
 
         settings = sweep_settings(settings, overrides.get("seeds"))
+        if args.kl_target is not None:
+            settings.kl_target = args.kl_target
         title = (f"[bold]hypo demo --sweep[/]: {len(settings.regimes)} coverage levels × "
                  f"{len(settings.methods)} methods × seeds {list(settings.seeds)}")
         write, judge, written = write_sweep_report, sweep_verdicts, "summary.json, {report} and sweep.png"
@@ -181,6 +185,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print("  (one seed: single runs vary a lot — the default three seeds give the medians "
                       "that docs/demo.md discusses)")
     console.print(f"[green]wrote[/] {args.out}/results.json, " + written.format(report=report))
+    return 0
+
+
+def _demo_frontier(args: argparse.Namespace) -> int:
+    """`hypo demo --frontier`: gold reward against KL for DPO, HyPO and RLHF (docs/demo.md)."""
+    from pathlib import Path
+
+    from .demo.frontier import FrontierSettings, quick_settings, run_frontier
+    from .demo.frontier_report import write_frontier
+    from .progress import console
+
+    seeds = tuple(args.seeds) if args.seeds else None
+    settings = quick_settings(seeds) if args.quick else FrontierSettings(**({"seeds": seeds} if seeds else {}))
+    runs = len(settings.runs())
+    console.print(f"[bold]hypo demo --frontier{' --quick' if args.quick else ''}[/]: {runs} runs "
+                  f"({len(settings.regimes)} coverage levels × seeds {list(settings.seeds)}); results in {args.out}/")
+    summary = write_frontier(run_frontier(args.out, settings), Path(args.out))
+    for v in summary["verdicts"]:
+        console.print(f"  • {v['claim']} ({v['regime']}): {'holds' if v['holds'] else 'does NOT hold'}")
+    console.print(f"[green]wrote[/] {args.out}/frontier.json, frontier.md, frontier.png "
+                  f"({summary['timing']['total']:.0f} s)")
     return 0
 
 
@@ -312,15 +337,23 @@ def make_parser() -> argparse.ArgumentParser:
                           "preference data; print a table and write results.json, report.md and "
                           "demo.png (--sweep: coverage as a curve, sweep.md and sweep.png).")
     demo.add_argument("--out", default="hypo-demo", help="output folder (default: hypo-demo)")
-    demo.add_argument("--quick", action="store_true", help="one seed (about a minute) instead of three")
+    demo.add_argument("--quick", action="store_true", help="one seed (about a minute) instead of three; "
+                      "with --frontier: seeds 0 1, fewer points and steps, the same JSON shape")
     demo.add_argument("--sweep", action="store_true", help="coverage as a curve: 5 coverage levels × 5 "
                       "seeds × {DPO, HyPO, HyPO with the analytic KL estimator}; writes sweep.md and "
                       "sweep.png (75 runs: about 9 minutes here)")
-    demo.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2)")
+    demo.add_argument("--frontier", action="store_true", help="gold reward against reverse KL at each "
+                      "coverage level: DPO over 5 β, HyPO over 4 KL budgets κ and 2 fixed λ, online RLHF "
+                      "(Bradley–Terry reward model, unbounded and bounded) over the same κ, each trained to "
+                      "its convergence rule; paired seeds, bootstrap CIs; writes frontier.json, frontier.md, "
+                      "frontier.png (see docs/demo.md for its measured time; --quick: 2 seeds, fewer points)")
+    demo.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2; --frontier: 0-4)")
     demo.add_argument("--steps", type=int, help="optimizer steps per run (default: 150)")
     demo.add_argument("--learning_rate", type=float, help="shared learning rate (default: 3e-4)")
     demo.add_argument("--beta", type=float, help="shared DPO β (default: 0.1)")
-    demo.add_argument("--kl_coef", type=float, help="HyPO's λ (default: 0.1)")
+    demo.add_argument("--kl_coef", type=float, help="HyPO's λ at the start (default: 0.1)")
+    demo.add_argument("--kl_target", type=float, help="HyPO's KL budget κ (default: KL(π*‖π_ref) of the "
+                      "KL-regularised optimum π* that DPO aims at, computed exactly; --sweep: none, fixed λ)")
     demo.add_argument("--num_online_samples", type=int, help="HyPO's k (default: 2)")
     demo.add_argument("--n_pairs", type=int, help="offline preference pairs per regime (default: 1024)")
     demo.set_defaults(func=cmd_demo)

@@ -207,12 +207,13 @@ class TrainConfig:
     kl_coef_final: float = opt(0.0, "λ at the last step under a 'linear' or 'cosine' "
                                "kl_coef_schedule.", group="algorithm")
     kl_target: float = opt(
-        0.0, "Adaptive λ (0 = off): after every step λ ← clip(λ·exp(kl_target_rate·e), kl_coef/100, "
-        "kl_coef·100), e = clip((kl/online − kl_target)/kl_target, −0.2, 0.2), so the online "
-        "reverse KL (nats per response) is steered towards kl_target. Starts at kl_coef.",
+        0.0, "KL budget κ (nats per response; 0 = off): HyPO's constrained form, maximise the DPO "
+        "objective subject to KL(π‖π_ref) ≤ κ. λ starts at kl_coef and after every step takes a "
+        "dual-ascent step λ ← max(0, λ + kl_target_rate·(kl/online − kl_target)) on the step's mean "
+        "online KL estimate, so the mean KL settles at κ. Logged: kl/coef, kl/online, kl/target.",
         group="algorithm")
-    kl_target_rate: float = opt(0.5, "Gain of the kl_target controller: λ moves by at most a factor "
-                                "exp(0.2·rate) per step.", group="algorithm")
+    kl_target_rate: float = opt(0.01, "Dual step size η of kl_target, in λ per nat of KL excess per "
+                                "step (docs/losses.md).", group="algorithm")
     num_online_samples: int = opt(2, "HyPO's k: responses sampled per online prompt (≥ 2, for the "
                                   "leave-one-out baseline).", group="algorithm")
     online_prompts_per_step: int = opt(0, "Online prompts per micro-batch; 0 = one per offline pair "
@@ -386,8 +387,6 @@ class TrainConfig:
         need(self.kl_coef_final >= 0, "kl_coef_final", "must be ≥ 0.")
         need(self.kl_target >= 0, "kl_target", "must be ≥ 0 (0 = a fixed or scheduled λ).")
         need(self.kl_target_rate > 0, "kl_target_rate", "must be > 0.")
-        need(not self.kl_target or self.kl_coef > 0, "kl_coef",
-             "kl_target adapts λ multiplicatively from kl_coef: set kl_coef > 0 as its start.")
         need(not self.kl_target or self.kl_coef_schedule == "constant", "kl_coef_schedule",
              "kl_target already sets λ every step: use kl_coef_schedule constant with kl_target, "
              "or kl_target 0 with a schedule.")

@@ -37,7 +37,7 @@ from .heap import fix_mmap_threshold
 from .logprobs import pack_sequences, supports_target_only_head
 from .losses import hypo_loss, ld_logps, preference_loss, reverse_kl_estimate, reverse_kl_loss
 from .losses import wpo_weights
-from .losses import adaptive_kl_coef, analytic_kl_loss, kl_coef_at, token_kl_loss
+from .losses import analytic_kl_loss, dual_ascent_kl_coef, kl_coef_at, token_kl_loss
 from .logprobs import position_logps_and_kls
 from .prefix import Group, response_logps, response_positions_of, supports_prefix_sharing
 from .model_card import final_metrics, write_model_card
@@ -574,12 +574,12 @@ class Trainer:
                     f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, discopop_tau=cfg.discopop_tau)
 
     def _update_kl_coef(self, metrics: dict) -> None:
-        """λ for the next step: from the schedule, or the kl_target controller (docs/losses.md)."""
+        """λ for the next step: from the schedule, or by dual ascent on the KL budget kl_target
+        (the mean online KL of the step against κ; docs/losses.md)."""
         cfg = self.cfg
         if cfg.kl_target > 0:
-            self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics.get("kl/online", float("nan")),
-                                            cfg.kl_target, cfg.kl_target_rate,
-                                            cfg.kl_coef / 100, cfg.kl_coef * 100)
+            self.kl_coef = dual_ascent_kl_coef(self.kl_coef, metrics.get("kl/online", float("nan")),
+                                               cfg.kl_target, cfg.kl_target_rate)
         else:
             self.kl_coef = kl_coef_at(cfg.kl_coef, cfg.kl_coef_schedule,
                                       self.step / max(1, self.total_steps - 1), cfg.kl_coef_final)
@@ -684,6 +684,8 @@ class Trainer:
                     metrics["step_time"] = time.perf_counter() - started
                     if self.hypo:
                         metrics["kl/coef"] = self.kl_coef
+                        if cfg.kl_target > 0:
+                            metrics["kl/target"] = cfg.kl_target
                     self.step += 1
                     loss_sum += metrics["loss"]
                     if self.hypo:

@@ -88,3 +88,28 @@ def test_miniature_demo_end_to_end(tmp_path, monkeypatch):
     assert curves[0]["eval_gold/kl"] == 0.0  # policy == π_ref before training
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "HyPO" in (tmp_path / "report.md").read_text()
+    # HyPO runs under π*'s KL budget (exact, optimum.py), logged every step by the trainer
+    star = saved["settings"]["optimum"]
+    assert saved["settings"]["kl_budget"] == star["kl"] > 0 and star["reference_gold_reward"] <= star["gold_reward"]
+    run = tmp_path / "runs" / "partial-hypo-seed0"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["kl/target"] == star["kl"] for r in rows if "kl/coef" in r)
+    assert "κ* =" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_verdicts_are_stated_at_matched_kl():
+    from hypo.demo.report import verdicts
+
+    def summ(v):
+        return {"median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v), "per_seed": v}
+
+    cell = {k: summ([0.5, 0.5, 0.5]) for k in ("gold_reward", "win_rate", "kl", "ood_rate")}
+    part = {"dpo": {**cell, "kl": summ([3.0, 2.5, 4.0]), "win_rate": summ([0.4, 0.45, 0.5])},
+            "hypo": {**cell, "kl": summ([1.3, 1.4, 1.45]), "win_rate": summ([0.6, 0.6, 0.6])}}
+    res = {"settings": {"kl_budget": 1.38}, "regimes": {"partial": part}}
+    lines = verdicts(res)
+    assert "κ* = 1.38" in lines[0] and "holds" in lines[0] and "NOT" not in lines[0]
+    part["hypo"]["kl"] = summ([1.6, 1.6, 1.6])  # HyPO over its budget: the KL check fails
+    assert "does NOT hold" in verdicts(res)[0]
+    res["settings"]["kl_budget"] = None  # a fixed λ: the check as first written (DPO ≥ 2× HyPO)
+    assert "far beyond" in verdicts(res)[0]

@@ -102,23 +102,34 @@ def end_close(res: dict, method: str, other: str = "dpo", tol: float = 0.05) -> 
 
 
 def verdicts(results: dict) -> list[str]:
-    """The paper's predictions checked against the results (stated, never tuned for)."""
+    """The paper's predictions checked against the results (stated, never tuned for). With HyPO
+    under a KL budget κ (default: κ* = KL(π*‖π_ref) of the optimum π* that DPO aims at), they are
+    stated at matched KL; with a fixed λ (``kl_target`` None), as they were first written."""
     lines = []
     regimes = results["regimes"]
+    budget = results["settings"].get("kl_budget") or 0.0
     part, glob, true = (regimes.get(r) for r in ("partial", "global", "truly_global"))
     if part and "dpo" in part and "hypo" in part:
         kd, kh = part["dpo"]["kl"]["median"], part["hypo"]["kl"]["median"]
         wd, wh = part["dpo"]["win_rate"]["median"], part["hypo"]["win_rate"]["median"]
-        lines.append(f"Partial coverage, reverse KL: DPO {kd:.2f} vs HyPO {kh:.2f} — prediction "
-                     f"'DPO far beyond HyPO' {'holds' if kd > 2 * kh else 'does NOT hold'} (ratio {kd / max(kh, 1e-9):.1f}×).")
+        if budget:
+            ok = kd > budget and kh <= 1.1 * budget
+            lines.append(f"Partial coverage, reverse KL: DPO {kd:.2f} vs HyPO {kh:.2f}, against π*'s KL "
+                         f"κ* = {budget:.2f} — prediction 'DPO goes beyond κ*, HyPO stays within it "
+                         f"(≤ 1.1·κ*)' {'holds' if ok else 'does NOT hold'}.")
+        else:
+            lines.append(f"Partial coverage, reverse KL: DPO {kd:.2f} vs HyPO {kh:.2f} — prediction "
+                         f"'DPO far beyond HyPO' {'holds' if kd > 2 * kh else 'does NOT hold'} (ratio {kd / max(kh, 1e-9):.1f}×).")
         won, n = wins_at_every_seed(part, "hypo")
-        lines.append(f"Partial coverage, gold win rate: DPO {wd:.3f} vs HyPO {wh:.3f} (medians); HyPO ≥ DPO "
+        at = f" (HyPO at the budget κ* = {budget:.2f})" if budget else ""
+        lines.append(f"Partial coverage, gold win rate{at}: DPO {wd:.3f} vs HyPO {wh:.3f} (medians); HyPO ≥ DPO "
                      f"at {won} of {n} seeds — prediction 'HyPO ≥ DPO at every seed' "
                      f"{'holds' if won == n else 'does NOT hold'}.")
     for name, res in (("Global (grammar)", glob), ("Truly global", true)):
         if res and "dpo" in res and "hypo" in res:
             ok, text = end_close(res, "hypo")
-            lines.append(f"{name} coverage, gold reward: {text} — prediction 'the two end close' "
+            at = f", HyPO at κ* = {budget:.2f}" if budget else ""
+            lines.append(f"{name} coverage, gold reward{at}: {text} — prediction 'the two end close' "
                          f"{'holds' if ok else 'does NOT hold'}.")
     return lines
 
@@ -132,6 +143,17 @@ def markdown_table(results: dict) -> list[str]:
             label = f"{regime} ({res['coverage']:.2f}; kinds: {', '.join(res['covered_kinds'])})" if i == 0 else ""
             lines.append(f"| {label} | {name} | " + " | ".join(cell(res[m][key], fmt) for m in methods) + " |")
     return lines
+
+
+def hypo_knob(s: dict) -> str:
+    """How HyPO's λ was set, in words."""
+    if s.get("kl_budget"):
+        star = s.get("optimum")
+        why = (f" = KL(π*‖π_ref) of the optimum π* ∝ π_ref·exp(r/β) (gold reward {star['gold_reward']:.2f}; "
+               f"π_ref's {star['reference_gold_reward']:.2f}; exact, on the training prompts)" if star else "")
+        return (f"KL budget κ = {s['kl_budget']:.3f} nats{why}, λ by dual ascent from {s['kl_coef']} "
+                "(kl_target)")
+    return f"λ (kl_coef) = {s['kl_coef']}"
 
 
 def write_report(results: dict, out: Path) -> Path:
@@ -148,7 +170,7 @@ def write_report(results: dict, out: Path) -> Path:
              "held-out prompts whose kind (or, for truly global, non-grammaticality) appears in the data.", "",
              f"Shared settings: β = {s['beta']}, learning rate {s['learning_rate']} (constant), "
              f"batch {s['batch_size']} pairs, {s['steps']} steps, {s['n_pairs']} pairs, seeds {list(s['seeds'])}. "
-             f"HyPO only: λ (kl_coef) = {s['kl_coef']}, k = {s['num_online_samples']} samples per prompt, "
+             f"HyPO only: {hypo_knob(s)}, k = {s['num_online_samples']} samples per prompt, "
              f"max_new_tokens {s['max_new_tokens']}. Evaluation: {s['eval_samples_per_prompt']} samples "
              "per held-out prompt, temperature 1.", "",
              *markdown_table(results)]

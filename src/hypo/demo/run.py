@@ -19,6 +19,7 @@ from ..tiny import write_jsonl
 from ..tracking import read_metrics
 from .build import MODEL_SHAPE, SFT, build_tokenizer, reference_model
 from .evaluate import GoldEvaluator
+from .optimum import optimal_budget
 from .task import COVERAGE_REGIMES, KIND_NAMES, OUT, SWEEP_REGIMES, Task
 
 METRICS = {"gold_reward": "gold/reward", "win_rate": "gold/win_rate", "kl": "gold/kl",
@@ -45,7 +46,11 @@ class DemoSettings:
     batch_size: int = 16
     beta: float = 0.1
     learning_rate: float = 3e-4
-    kl_coef: float = 0.1  # HyPO's λ, set to β: the KL then weighs in the units of DPO's implicit reward
+    kl_coef: float = 0.1  # HyPO's λ (its start under a KL budget), β: the units of DPO's implicit reward
+    # HyPO's KL budget κ (`kl_target`): "optimum" = KL(π*‖π_ref) of the KL-regularised optimum
+    # π* ∝ π_ref·exp(r/β) that DPO aims at (computed exactly, optimum.py); a number; or None for
+    # a fixed λ = kl_coef (how `--sweep` was run)
+    kl_target: float | str | None = "optimum"
     num_online_samples: int = 2
     max_new_tokens: int = 8
     eval_every: int = 15
@@ -54,11 +59,12 @@ class DemoSettings:
 
 
 def train_one(settings: DemoSettings, task: Task, ref_dir: Path, data: Path, eval_data: Path,
-              method: str, seed: int, out: Path, evaluator: GoldEvaluator) -> list[dict]:
+              method: str, seed: int, out: Path, evaluator: GoldEvaluator, kl_target: float = 0.0) -> list[dict]:
     """One training run; returns the eval rows (step 0 included)."""
     from ..trainer import Trainer
 
-    cfg = TrainConfig(
+    budget = {"kl_target": kl_target} if METHODS[method]["algo"] == "hypo" and kl_target else {}
+    cfg = TrainConfig(**budget,
         model_name_or_path=str(ref_dir), dataset_name=str(data), eval_dataset_name=str(eval_data),
         overwrite_output_dir=True,  # the demo owns its folders
         output_dir=str(out), ref_cache_dir=str(out.parent.parent / "cache"), **METHODS[method],
@@ -88,7 +94,10 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, disable_progress_bar: 
     task = Task(seed=settings.task_seed)
     ref_dir = reference_model(out / "cache", task, disable_progress_bar)
     tokenizer = build_tokenizer()
+    star = optimal_budget(ref_dir, task, tokenizer, settings.beta) if settings.kl_target == "optimum" else None
+    kl_target = star["kl"] if star else float(settings.kl_target or 0.0)
     results = {"settings": {**asdict(settings), "model_shape": MODEL_SHAPE, "reference_sft": SFT,
+                            "kl_budget": kl_target, "optimum": star,
                             "kind_names": KIND_NAMES,
                             "coverage_kinds": {r: kind_names(REGIMES[r]) for r in settings.regimes},
                             "methods": {m: METHODS[m] for m in settings.methods}},
@@ -109,7 +118,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, disable_progress_bar: 
                 evaluator = GoldEvaluator(task, tokenizer, task.eval_prompts,
                                           settings.eval_samples_per_prompt, settings.max_new_tokens)
                 rows = train_one(settings, task, ref_dir, data, eval_data, method, seed,
-                                 out / "runs" / f"{regime}-{method}-seed{seed}", evaluator)
+                                 out / "runs" / f"{regime}-{method}-seed{seed}", evaluator, kl_target)
                 regime_result.setdefault("coverage", evaluator.coverage(kinds))
                 results["curves"].setdefault(regime, {}).setdefault(method, []).append(rows)
                 for name, key in METRICS.items():

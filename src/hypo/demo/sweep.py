@@ -25,7 +25,8 @@ def sweep_settings(base: DemoSettings | None = None, seeds: tuple[int, ...] | No
     """The sweep's defaults: the demo's shared hyper-parameters, five seeds, final eval only."""
     base = base or DemoSettings()
     return replace(base, seeds=seeds or (0, 1, 2, 3, 4), regimes=tuple(SWEEP_REGIMES),
-                   methods=("dpo", "hypo", "hypo_analytic"), eval_every=base.steps)
+                   methods=("dpo", "hypo", "hypo_analytic"), eval_every=base.steps,
+                   kl_target=None)  # fixed λ, as the documented sweep was run
 
 
 def hypo_methods(results: dict) -> list[str]:
