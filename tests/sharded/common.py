@@ -42,16 +42,21 @@ def three_runs(tiny, root: Path) -> dict[str, dict]:
     }
 
 
-def launched(config: str, values: dict[str, dict], resume: dict[str, str] | None = None) -> dict:
-    """Launch the runs (``resume``: run name → the run whose checkpoint-2 it resumes); returns
-    {name: (output folder, settings)}."""
+def launched(config: str, values: dict[str, dict], resume: dict[str, str] | None = None,
+             env: dict[str, dict[str, str]] | None = None) -> dict:
+    """Launch the runs in one ``accelerate launch`` (``resume``: run name → the run whose
+    checkpoint-2 it resumes; ``env``: run name → environment variables changed for that run, which
+    the worker applies to a fresh accelerate state); returns {name: (output folder, settings)}."""
     specs = {name: {"config": v} for name, v in values.items()}
     for name, source in (resume or {}).items():
         specs[name]["resume"] = source
+    for name, variables in (env or {}).items():
+        specs[name]["env"] = variables
     stdout = launch(config, specs)
-    kind = "fsdp2" if config == "fsdp" else config
     for name in specs:
-        assert f"RUN {name} 2 {kind}" in stdout, stdout
+        stage = specs[name].get("env", {}).get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        kind = "fsdp2" if config == "fsdp" else f"deepspeed-zero{stage}" if stage else config
+        assert f"RUN {name} 2 {kind}" in stdout, stdout  # ran with 2 processes, sharded as asked
     return {name: (Path(v["output_dir"]), v) for name, v in values.items()}
 
 

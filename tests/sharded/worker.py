@@ -1,7 +1,9 @@
 """Runs hypo trainings inside one multi-process launch (``accelerate launch --config_file
 examples/accelerate/<config>.yaml``), for the tests of this package.
 
-argv[1]: JSON {name: {"config": TrainConfig fields, "resume": name of an earlier run (optional)}}.
+argv[1]: JSON {name: {"config": TrainConfig fields, "resume": name of an earlier run (optional),
+"env": {variable: value} (optional)}}.
+A run with "env" runs with those environment variables changed (``launch_settings``).
 A run with "resume" starts from that run's checkpoint-2 (copied into its own output_dir, as a run
 stopped after step 2 leaves it). Every process writes ``<output_dir>/rank<r>.json``: its share of
 the parameters, each sampling round (step, prompts, responses, and how many parameter elements
@@ -51,6 +53,9 @@ def stopped_after_step_2(source: Path, out: Path) -> None:
         time.sleep(0.1)
 
 
+CHANGED: dict[str, str | None] = {}  # variable → its launch value (None: unset)
+
+
 def decode_unequal_lengths(trainer, tokens: int) -> int:
     """Decode ``tokens`` new tokens (a different number on each process) from the weights gathered
     for generation; returns how many came out. Were decoding a collective per token (weights
@@ -68,9 +73,28 @@ def decode_unequal_lengths(trainer, tokens: int) -> int:
     return out.shape[1] - ids.shape[1]
 
 
+def launch_settings(variables: dict[str, str]) -> None:
+    """The accelerate settings of the next run: the launch's own environment with ``variables``
+    changed, read afresh by the next Accelerator (the process group stays), as if that run had
+    been launched with them. Lets one launch check another launch config that differs from its
+    own only in those variables (one start-up instead of two)."""
+    from accelerate.state import AcceleratorState
+
+    for key, value in CHANGED.items():  # the previous run's changes undone
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    CHANGED.clear()
+    CHANGED.update({key: os.environ.get(key) for key in variables})
+    os.environ.update(variables)
+    AcceleratorState._reset_state()
+
+
 def run(name: str, spec: dict, outputs: dict) -> None:
     values = spec["config"]
     out = Path(values["output_dir"])
+    launch_settings(spec.get("env", {}))
     if "resume" in spec:
         stopped_after_step_2(outputs[spec["resume"]], out)
     trainer = Trainer(TrainConfig(**values))
