@@ -284,7 +284,7 @@ def gathered_for_generation(accelerator, model: torch.nn.Module):
     decoding is not a collective per token (processes finishing at different lengths would hang).
     FSDP1 summons the full parameters (``summon_full_params``, no write-back). Memory: the full
     model on every device while the block runs. FSDP2 and ZeRO-3 run in tests (2 CPU processes,
-    ``tests/test_sharded.py``); the FSDP1 branch is checked with fakes only (it needs a GPU).
+    ``tests/sharded/``); the FSDP1 branch is checked with fakes only (it needs a GPU).
     """
     from accelerate.utils import DistributedType
 

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# The launches use the GPUs where there are (benchmarks/gpu.sh runs these tests there); the checks
+# against the unsharded model then run on the first GPU, with the kernels the launch used.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def settings(tiny, out: Path, cache: Path, **overrides) -> dict:
@@ -85,7 +88,7 @@ def one_process(values: dict) -> dict[str, torch.Tensor]:
     values = {**values, "per_device_train_batch_size": 2 * values["per_device_train_batch_size"]}
     trainer = Trainer(TrainConfig(**values))
     trainer.train()
-    return {k: v.detach().clone() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
 
 
 def ranks(out: Path) -> list[dict]:
@@ -199,7 +202,8 @@ def assert_hypo_matches_unsharded(out: Path, tiny, f32, values: dict, step: int 
     _, trainable, state = load_checkpoint(out / f"checkpoint-{step - 1}")
     policy = AutoModelForCausalLM.from_pretrained(tiny["model"])
     policy.load_state_dict(trainable)  # full fine-tuning: every weight is trainable
-    reference = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    policy.to(DEVICE)
+    reference = AutoModelForCausalLM.from_pretrained(tiny["model"]).to(DEVICE)
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
     cfg = TrainConfig(**values)
     kls, width, scale = [], 0, 0.0
@@ -211,8 +215,8 @@ def assert_hypo_matches_unsharded(out: Path, tiny, f32, values: dict, step: int 
         assert samples.response_ids == round_["responses"], rank
         groups = sample_groups(samples)
         with torch.no_grad():
-            pol = response_logps(policy, groups, tokenizer.pad_token_id, "cpu")
-            ref = response_logps(reference, groups, tokenizer.pad_token_id, "cpu")
+            pol = response_logps(policy, groups, tokenizer.pad_token_id, DEVICE)
+            ref = response_logps(reference, groups, tokenizer.pad_token_id, DEVICE)
         kls.append(reverse_kl_estimate(pol, ref)[0])
         width = max(width, max(len(p) + len(r) for p, r in zip(samples.prompt_ids, samples.response_ids)))
         scale = max(scale, float((pol.abs() + ref.abs()).max()))

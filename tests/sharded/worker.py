@@ -63,7 +63,7 @@ def decode_unequal_lengths(trainer, tokens: int) -> int:
     forever."""
     from hypo.modeling import gathered_for_generation
 
-    ids = torch.tensor([[trainer.data.tokenizer.bos_token_id]])
+    ids = torch.tensor([[trainer.data.tokenizer.bos_token_id]], device=trainer.acc.device)
     with gathered_for_generation(trainer.acc, trainer.model) as model, torch.no_grad():
         # synced_gpus=False, as hypo's sampler: transformers would otherwise keep every process
         # stepping under ZeRO-3 until all are done, which hides a decoding that is a collective
