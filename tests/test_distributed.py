@@ -1,5 +1,5 @@
 """Two-process DDP (gloo, CPU) through torchrun: DPO gives the same weights as one process with the
-same global batch; HyPO completes with finite metrics. (FSDP on CPU: see docs/scale-out.md.)"""
+same global batch; HyPO completes with finite metrics. (FSDP2 and DeepSpeed: tests/sharded/.)"""
 
 import json
 import math

@@ -287,20 +287,25 @@ def lora_dropout_active(model: torch.nn.Module, active: bool = True):
 def gathered_for_generation(accelerator, model: torch.nn.Module):
     """Yield the plain module with its FULL weights present, for `generate` and no-grad forwards.
 
-    DDP, ZeRO-1/2 and single devices hold full weights already: the unwrapped module. ZeRO-3
-    gathers every parameter once for the whole block (``deepspeed.zero.GatheredParameters``), so
+    DDP, ZeRO-1/2 and single devices hold full weights already: the unwrapped module. FSDP2
+    (hypo's ``sharding``) and ZeRO-3 gather every parameter once for the whole block
+    (``sharding.unsharded``, ``sharding.zero3_gathered``) and free the copies after, so
     decoding is not a collective per token (processes finishing at different lengths would hang).
-    FSDP summons the full parameters (``summon_full_params``, no write-back). Memory: the full model
-    on every device while the block runs. The sharded branches are checked with fakes only (no GPU).
+    FSDP1 summons the full parameters (``summon_full_params``, no write-back). Memory: the full
+    model on every device while the block runs. FSDP2 and ZeRO-3 run in tests (2 CPU processes,
+    ``tests/sharded/``); the FSDP1 branch is checked with fakes only (it needs a GPU).
     """
     from accelerate.utils import DistributedType
 
+    from . import sharding
+
     kind = accelerator.distributed_type
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+    if sharding.is_sharded(model):
+        with sharding.unsharded(model):
+            yield model
+    elif kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3:
+        with sharding.zero3_gathered(model):
             yield accelerator.unwrap_model(model)
     elif kind == DistributedType.FSDP:
         from torch.distributed.fsdp import FullyShardedDataParallel

@@ -117,8 +117,11 @@ class OnlineSampler:
         with bare_generation_config(model), eval_mode(model), \
                 packed_linears(model, rows=len(rows), enabled=self.packed) as packed_layers:
             cache = self._shared_prefill(model, input_ids[:: self.k], attention[:: self.k], device)
+            # synced_gpus=False: the trainer samples from weights gathered whole for the round
+            # (``gathered_for_generation``), so no process has to keep stepping until all are done
+            # (transformers' default under ZeRO-3: a collective and a forward per token for nothing).
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=gen_config,
+                                 generation_config=gen_config, synced_gpus=False,
                                  logits_processor=LogitsProcessorList([processor]), **cache)
         self.last_timing = {**_timing(started, processor.call_times, [len(r) for r in rows]),
                             "packed_layers": packed_layers, "shared_prefill": bool(cache)}

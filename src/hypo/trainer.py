@@ -27,6 +27,7 @@ import torch
 from accelerate.utils import DistributedType
 
 from . import checkpoint as ckpt
+from . import sharding
 from .batching import IndexStream
 from .callbacks import TrainerControl, make_handler, new_state, update_best
 from .config import RESULT_FIELDS, ConfigError, TrainConfig, result_settings
@@ -165,12 +166,22 @@ def make_accelerator(cfg: TrainConfig):
 
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
     wanted = "bf16" if cfg.bf16 else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if (AcceleratorState._shared_state and PartialState().num_processes == 1
             and AcceleratorState().mixed_precision != wanted):
         AcceleratorState._reset_state()
-    return Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), mixed_precision=wanted)
+    gpu = torch.cuda.is_available()
+    sharding.check_launch(gpu)
+    # DeepSpeed without a GPU: its CPU accelerator on gloo (accelerate finds no backend by itself
+    # there and would count one process); cpu=True would turn DeepSpeed off altogether.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and not gpu else []
+    # FSDP2: hypo shards the model itself (``sharding``); accelerate only runs the processes.
+    with sharding.hidden_from_accelerate() if sharding.requested() else contextlib.nullcontext():
+        return Accelerator(cpu=(cfg.use_cpu or not gpu) and not deepspeed, mixed_precision=wanted,
+                           kwargs_handlers=handlers)
 
 
 class Trainer:
@@ -205,8 +216,9 @@ class Trainer:
         # HyPO's samples, the eval KL (only if there is eval data), no cache, or an eval hook.
         need_ref = (self.hypo or (cfg.eval_online_prompts > 0 and bool(self.data.eval))
                     or not cfg.precompute_ref_log_probs or eval_hook is not None)
-        self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref, model=model,
-                                             ref_model=ref_model, peft_config=peft_config)
+        with sharding.whole_model_loading(self.acc):  # ZeRO-3 partitions it in prepare()
+            self.pair: PolicyPair = build_policy(cfg, need_reference=need_ref, model=model,
+                                                 ref_model=ref_model, peft_config=peft_config)
         if self.pair.reference is not None:
             self.pair.reference.to(self.acc.device)
         tok = self.data.tokenizer
@@ -248,8 +260,17 @@ class Trainer:
             1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
         # DeepSpeed steps inside every backward(): HyPO's two-part backward becomes one there.
         self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
+        self.sharded = self.multi and sharding.requested()  # FSDP2, applied by hypo (``sharding``)
+        if self.sharded:  # after the reference cache and the checks above: they need plain modules
+            sharding.shard_model(self.pair.policy, self.acc.device, sharding.reshard_after_forward())
+            if self.pair.reference is not None:
+                sharding.shard_model(self.pair.reference, self.acc.device, sharding.reshard_after_forward())
         trainable = [p for p in self.pair.policy.parameters() if p.requires_grad]
-        self.model, self.optimizer = self.acc.prepare(self.pair.policy, make_optimizer(cfg, trainable))
+        if self.sharded:  # not wrapped by accelerate (it would add DDP around the shards)
+            self.model, self.optimizer = self.pair.policy, self.acc.prepare(make_optimizer(cfg, trainable))
+        else:
+            self._deepspeed_batch(cfg)
+            self.model, self.optimizer = self.acc.prepare(self.pair.policy, make_optimizer(cfg, trainable))
         self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
         self.pairs_stream = IndexStream(len(self.data.train),
                                         cfg.seed if cfg.data_seed is None else cfg.data_seed)
@@ -287,6 +308,20 @@ class Trainer:
         if self.data.prompts is not None:
             line += f"; {len(self.data.prompts)} online prompts"
         console.print(line)
+
+    def _deepspeed_batch(self, cfg: TrainConfig) -> None:
+        """DeepSpeed takes its micro-batch size from a dataloader passed to ``prepare``; hypo's loop
+        passes none, so the config gets it here (per process), and its clipping must be hypo's."""
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if self.acc.distributed_type != DistributedType.DEEPSPEED or plugin is None:
+            return
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+        if plugin.is_auto("gradient_clipping"):
+            plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
+        elif float(plugin.get_value("gradient_clipping")) != cfg.max_grad_norm:
+            raise ConfigError(f"DeepSpeed clips gradients at gradient_clipping "
+                              f"{plugin.get_value('gradient_clipping')} (launch config) but hypo's "
+                              f"max_grad_norm is {cfg.max_grad_norm}: make them equal.")
 
     def _stop_ids(self) -> list[int]:
         from transformers import GenerationConfig
@@ -1010,25 +1045,46 @@ class Trainer:
         return {"pairs": micro * self.global_batch, "micro_batches": micro,
                 "pairs_in_data": len(self.data.train)}
 
+    def _sharding_name(self) -> str:
+        """How the weights and optimizer state are split: 'fsdp2', 'deepspeed-zeroN' or 'none'."""
+        if self.sharded:
+            return "fsdp2"
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if self.acc.distributed_type == DistributedType.DEEPSPEED and plugin is not None:
+            return f"deepspeed-zero{plugin.zero_stage}"
+        return "none"
+
     def _trainable(self) -> dict[str, torch.Tensor]:
         model = self.acc.unwrap_model(self.model)
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights, gathered across processes when sharded (collective call)."""
+        if self.sharded:
+            return sharding.full_state_dict(self.model)
         return self.acc.get_state_dict(self.model)
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer state to save; under FSDP2 gathered whole, keyed by parameter names
+        (collective call: every process, before the main one writes)."""
+        if self.sharded:
+            return sharding.full_optimizer_state(self.model, self.optimizer)
+        if self._sharding_name().startswith("deepspeed"):
+            return None  # each process holds its own partition (and DeepSpeed objects): not resumable
+        return self.optimizer.state_dict()
 
     def save_checkpoint(self) -> Path | None:
         from accelerate.utils import gather_object
 
         self.acc.wait_for_everyone()
         full = self._full_state_dict()
+        optimizer = self._optimizer_state()
         samplers = gather_object([self.sampler.state_dict()])  # one stream per process
         if not self.acc.is_main_process:
             return None
         trainable = {n: full.get(n, p) for n, p in self._trainable().items()}
         state = {"step": self.step, "data_cursor": self._data_cursor(self.step),
-                 "optimizer": self.optimizer.state_dict(),
+                 "optimizer": optimizer, "sharding": self._sharding_name(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "sampler": samplers, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "config": self.cfg.to_dict(),
@@ -1081,10 +1137,21 @@ class Trainer:
         missing = set(params) ^ set(trainable)
         if missing:
             raise ckpt.CheckpointError(f"{folder}: parameter names differ: {sorted(missing)[:5]}")
+        written = state.get("sharding", "none")
+        if written.startswith("deepspeed"):  # its optimizer state_dict is the main process's partition
+            raise ckpt.CheckpointError(f"{folder} was written under DeepSpeed, whose checkpoints hold "
+                                       "only the main process's optimizer partition: hypo cannot resume "
+                                       "them. Start a new run from its weights, or train under FSDP2 / DDP.")
+        if written != self._sharding_name():
+            raise ckpt.CheckpointError(f"{folder} was written with sharding {written!r}; resume it "
+                                       f"under the same launch config (now {self._sharding_name()!r}).")
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(trainable[name])
-        self.optimizer.load_state_dict(state["optimizer"])
+                sharding.copy_full_(p, trainable[name])  # a shard keeps its slice
+        if self.sharded:
+            sharding.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         samplers = state["sampler"] if isinstance(state["sampler"], list) else [state["sampler"]]
         if len(samplers) != self.acc.num_processes:
@@ -1142,7 +1209,11 @@ class Trainer:
         if self.pair.is_peft and self.cfg.merge_adapter:
             import copy
 
-            merged = copy.deepcopy(model).merge_and_unload()
+            if self.sharded or self._sharding_name() == "deepspeed-zero3":  # weights partitioned
+                with sharding.whole_model_loading(self.acc):
+                    merged = sharding.plain_copy(model, full).merge_and_unload()
+            else:
+                merged = copy.deepcopy(model).merge_and_unload()
             with run.staging("merged") as staging:
                 merged.save_pretrained(staging)
                 self.data.tokenizer.save_pretrained(staging)
