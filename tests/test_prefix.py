@@ -153,9 +153,10 @@ def test_trainer_computes_each_prompt_once_per_pair(base_config, algo, expected)
         assert first["kl/online"] == 0.0
 
 
-def test_prefix_sharing_off_trains_like_on(base_config, f32):
+@pytest.mark.parametrize("variant", [{}, {"use_weighting": True, "rpo_alpha": 0.5}], ids=["dpo", "wpo+rpo"])
+def test_prefix_sharing_off_trains_like_on(base_config, f32, variant):
     """--prefix_sharing false: every response in its own row; the run agrees with the shared one
-    to float32 rounding."""
+    (HyPO's joint layout) to float32 rounding, with TRL's variants in the pairs' loss too."""
     from hypo.tracking import read_metrics
     from hypo.trainer import Trainer
 
@@ -163,9 +164,10 @@ def test_prefix_sharing_off_trains_like_on(base_config, f32):
     lr, eps, steps = 3e-3, 1e-3, 2
     for on in (True, False):
         cfg = base_config(algo="hypo", max_steps=steps, prefix_sharing=on, adam_epsilon=eps, kl_coef=0.1,
-                          learning_rate=lr, output_dir=base_config().output_dir + str(on))
+                          learning_rate=lr, output_dir=base_config().output_dir + str(on), **variant)
         trainer = Trainer(cfg)
         assert trainer.shared is on and trainer.data.report["prefix_sharing"] == ("on" if on else "off")
+        assert trainer._joint is on
         trainer.train()
         rows[on] = [m for m in read_metrics(cfg.output_dir) if "loss" in m]
         weights[on] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
@@ -176,9 +178,10 @@ def test_prefix_sharing_off_trains_like_on(base_config, f32):
     n = f32.model_terms(config, 64)
     for key in ("logps/chosen", "logps/rejected"):
         assert rows[True][0][key] == pytest.approx(first[key], abs=f32.reorder(n, abs(first[key]))), key
-    # Loss and KL are β- / 1-Lipschitz in the log-probs they are made of (2 per pair, per sample).
+    # Loss and KL are β- / 1-Lipschitz in the log-probs they are made of (2 per pair, per sample;
+    # WPO's weights are ≤ 1 and come from the same plain forward either way; RPO adds α·NLL/token).
     logp_tol = f32.reorder(n, abs(first["logps/chosen"]) + abs(first["logps/rejected"]))
-    assert rows[True][0]["loss"] == pytest.approx(first["loss"], abs=2 * logp_tol)
+    assert rows[True][0]["loss"] == pytest.approx(first["loss"], abs=3 * logp_tol)
     assert rows[True][0]["kl/online"] == pytest.approx(first["kl/online"], abs=2 * logp_tol)
     # Weights: Adam moves each by lr·m/(√v + ε), so a gradient difference δ moves it by ≤ lr·δ/ε
     # per step; δ ≤ the backward's reordering bound with the gradient norm as scale.

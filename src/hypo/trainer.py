@@ -1121,6 +1121,14 @@ class Trainer:
     def _load_state(self, folder: Path, manifest: dict, trainable: dict, state: dict) -> None:
         """Check a loaded checkpoint against this run and restore weights, optimizer, schedule,
         sampler, RNGs and counters from it."""
+        written = state.get("sharding", "none") if isinstance(state, dict) else "none"
+        if written.startswith("deepspeed"):  # its optimizer state_dict is the main process's partition
+            raise ckpt.CheckpointError(f"{folder} was written under DeepSpeed, whose checkpoints hold "
+                                       "only the main process's optimizer partition: hypo cannot resume "
+                                       "them. Start a new run from its weights, or train under FSDP2 / DDP.")
+        if written != self._sharding_name():
+            raise ckpt.CheckpointError(f"{folder} was written with sharding {written!r}; resume it "
+                                       f"under the same launch config (now {self._sharding_name()!r}).")
         ckpt.check_state(folder, manifest, state, trainable, self._trainable(), self.optimizer)
         old, new = result_settings(state["config"]), result_settings(self.cfg.to_dict())
         changed = [f for f in RESULT_FIELDS if old[f] != new[f]]
@@ -1137,14 +1145,6 @@ class Trainer:
         missing = set(params) ^ set(trainable)
         if missing:
             raise ckpt.CheckpointError(f"{folder}: parameter names differ: {sorted(missing)[:5]}")
-        written = state.get("sharding", "none")
-        if written.startswith("deepspeed"):  # its optimizer state_dict is the main process's partition
-            raise ckpt.CheckpointError(f"{folder} was written under DeepSpeed, whose checkpoints hold "
-                                       "only the main process's optimizer partition: hypo cannot resume "
-                                       "them. Start a new run from its weights, or train under FSDP2 / DDP.")
-        if written != self._sharding_name():
-            raise ckpt.CheckpointError(f"{folder} was written with sharding {written!r}; resume it "
-                                       f"under the same launch config (now {self._sharding_name()!r}).")
         with torch.no_grad():
             for name, p in params.items():
                 sharding.copy_full_(p, trainable[name])  # a shard keeps its slice

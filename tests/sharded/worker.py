@@ -97,8 +97,16 @@ def run(name: str, spec: dict, outputs: dict) -> None:
     launch_settings(spec.get("env", {}))
     if "resume" in spec:
         stopped_after_step_2(outputs[spec["resume"]], out)
-    trainer = Trainer(TrainConfig(**values))
-    record = {"shards": sharding.local_numel(trainer.model), "rounds": [], "after_step": []}
+    from transformers import TrainerCallback
+
+    record = {"rounds": [], "after_step": []}
+
+    class ShardSizes(TrainerCallback):  # the local shard's size after every optimizer step
+        def on_step_end(self, args, state, control, **kwargs):
+            record["after_step"].append(sharding.local_numel(trainer.model)[0])
+
+    trainer = Trainer(TrainConfig(**values), callbacks=[ShardSizes()])
+    record["shards"] = sharding.local_numel(trainer.model)
     sample = trainer.sampler.sample
 
     def recording(model, prompts):
@@ -108,7 +116,6 @@ def run(name: str, spec: dict, outputs: dict) -> None:
         return samples
 
     trainer.sampler.sample = recording
-    trainer.step_callbacks.append(lambda t, _: record["after_step"].append(sharding.local_numel(t.model)[0]))
     trainer.train()
     full = trainer._full_state_dict()  # a collective: every process
     rank = trainer.acc.process_index
