@@ -90,13 +90,16 @@ def worker(values: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     figures["start_rss_mb"] = rss_kb("VmRSS") / 1024
 
-    def at_step(t, _metrics):
-        figures["peak_rss_mb"] = rss_kb("VmHWM") / 1024  # the last step's call holds the peak so far
-        figures["state_mb"] = state_bytes(t) / 2**20
-        if gpu:  # on GPUs the tensors live there: the CUDA allocator's peak
-            figures["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    from transformers import TrainerCallback
 
-    trainer.step_callbacks.append(at_step)
+    class AtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            figures["peak_rss_mb"] = rss_kb("VmHWM") / 1024  # the last step's call holds the peak so far
+            figures["state_mb"] = state_bytes(trainer) / 2**20
+            if gpu:  # on GPUs the tensors live there: the CUDA allocator's peak
+                figures["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    trainer.callback_handler.add_callback(AtStep())
     trainer.train()
     print("FIGURES " + json.dumps(figures), flush=True)
 

@@ -97,6 +97,17 @@ def whole_model_loading(accelerator):
         plugin.set_deepspeed_weakref()  # accelerate's own registration, as it was
 
 
+def skip_deepspeed_shm_build() -> None:
+    """Keep DeepSpeed's CPU accelerator from compiling its shared-memory collectives when it sets
+    up the processes (``deepspeed_shm_comm``: 33 s with g++ on this 2-core machine the first time,
+    and a compiler needed): only its inference all-reduce uses them, training's collectives are
+    gloo's. Marks the op incompatible in DeepSpeed's table of probed ops, a module-level dict
+    that DeepSpeed keeps for such edits (``deepspeed/ops/__init__.py``); hypo pins deepspeed < 0.20."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def reshard_after_forward() -> bool:
     """The launch config's ``fsdp_reshard_after_forward`` (default true: ZeRO-3-like; false keeps
     each layer's gathered weights until the backward, ZeRO-2-like)."""

@@ -178,6 +178,8 @@ def make_accelerator(cfg: TrainConfig):
     # there and would count one process); cpu=True would turn DeepSpeed off altogether.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and not gpu else []
+    if deepspeed and not gpu:
+        sharding.skip_deepspeed_shm_build()
     # FSDP2: hypo shards the model itself (``sharding``); accelerate only runs the processes.
     with sharding.hidden_from_accelerate() if sharding.requested() else contextlib.nullcontext():
         return Accelerator(cpu=(cfg.use_cpu or not gpu) and not deepspeed, mixed_precision=wanted,

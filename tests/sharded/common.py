@@ -56,6 +56,8 @@ def launched(config: str, values: dict[str, dict], resume: dict[str, str] | None
     for name, variables in (env or {}).items():
         specs[name]["env"] = variables
     stdout = launch(config, specs)
+    # no DeepSpeed op was compiled (``sharding.skip_deepspeed_shm_build``: none is needed to train)
+    assert "built successfully" not in stdout, stdout
     for name in specs:
         stage = specs[name].get("env", {}).get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
         kind = "fsdp2" if config == "fsdp" else f"deepspeed-zero{stage}" if stage else config
