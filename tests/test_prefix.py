@@ -133,12 +133,16 @@ def _forward_rows(trainer):
     return seen, lambda: setattr(prefix, "group_logps", real)
 
 
-@pytest.mark.parametrize("algo,expected", [("dpo", {2}), ("hypo", {2 + 2})])
-def test_trainer_computes_each_prompt_once_per_pair(base_config, algo, expected):
+@pytest.mark.parametrize("algo,joint,expected", [("dpo", None, {2}), ("hypo", True, {2 + 2}),
+                                                 ("hypo", False, {2})])
+def test_trainer_computes_each_prompt_once_per_pair(base_config, monkeypatch, algo, joint, expected):
     """DPO's rows hold [prompt | chosen | rejected]; HyPO's [prompt | chosen | rejected | s_1 s_2]
-    (the joint layout: one forward, one backward), and step 0 stays exact."""
+    in the joint layout (one forward, one backward), else [prompt | chosen | rejected] and
+    [prompt | s_1 s_2] (split layout); step 0 stays exact."""
     from hypo.trainer import Trainer
 
+    if joint is not None:  # the layout the token count would pick for long prompts, or for short
+        monkeypatch.setattr(Trainer, "_joint_fits", staticmethod(lambda pairs, groups: joint))
     trainer = Trainer(base_config(algo=algo, max_steps=2, num_online_samples=2, kl_coef=0.1))
     assert trainer.shared and trainer.data.report["prefix_sharing"] == "on"
     seen, restore = _forward_rows(trainer)
@@ -153,8 +157,24 @@ def test_trainer_computes_each_prompt_once_per_pair(base_config, algo, expected)
         assert first["kl/online"] == 0.0
 
 
+def test_joint_layout_only_where_it_holds_no_more_tokens_than_the_plain_split():
+    """Activations grow with tokens: the joint rows [P|c|r|s1 s2] are taken only when they are no
+    longer than the larger unshared part (2P + |c| + |r| or 2P + |s1| + |s2|)."""
+    from hypo.data import TokenizedPair
+    from hypo.trainer import Trainer
+
+    def fits(prompt, chosen, rejected, samples):
+        pair = TokenizedPair([1] * prompt, [2] * chosen, [3] * rejected, 0)
+        return Trainer._joint_fits([pair], [(pair.prompt_ids, [[4] * n for n in samples])])
+
+    assert fits(384, 48, 40, [48, 30])  # TL;DR's shape: the prompt dominates
+    assert not fits(20, 30, 25, [32, 32])  # short prompt: joint 139 tokens > max(95, 104)
+    assert fits(64, 30, 25, [32, 32])  # 183 ≤ max(183, 192): the samples part is the larger
+    assert not fits(54, 30, 25, [32, 32])  # 173 > max(163, 172): one token over
+
+
 @pytest.mark.parametrize("variant", [{}, {"use_weighting": True, "rpo_alpha": 0.5}], ids=["dpo", "wpo+rpo"])
-def test_prefix_sharing_off_trains_like_on(base_config, f32, variant):
+def test_prefix_sharing_off_trains_like_on(base_config, f32, monkeypatch, variant):
     """--prefix_sharing false: every response in its own row; the run agrees with the shared one
     (HyPO's joint layout) to float32 rounding, with TRL's variants in the pairs' loss too."""
     from hypo.tracking import read_metrics
@@ -162,6 +182,7 @@ def test_prefix_sharing_off_trains_like_on(base_config, f32, variant):
 
     rows, weights = {}, {}
     lr, eps, steps = 3e-3, 1e-3, 2
+    monkeypatch.setattr(Trainer, "_joint_fits", staticmethod(lambda pairs, groups: True))  # joint vs split
     for on in (True, False):
         cfg = base_config(algo="hypo", max_steps=steps, prefix_sharing=on, adam_epsilon=eps, kl_coef=0.1,
                           learning_rate=lr, output_dir=base_config().output_dir + str(on), **variant)

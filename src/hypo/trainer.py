@@ -444,7 +444,8 @@ class Trainer:
           ``_joint``): one forward over ``[prompt | chosen | rejected | s_1 … s_k]`` per pair and
           one backward of L_dpo + λ·L_kl. The pairs' reference log-probs come from the reference's
           forward over the same rows (the samples' reference forward, two responses longer), so at
-          step 0 the rewards are exactly 0 here too.
+          step 0 the rewards are exactly 0 here too. Taken when its rows hold no more tokens than
+          the larger part of the plain split layout (``_joint_fits``): long prompts.
         - **split**: the pairs' forward and backward first (reference log-probs from the cache),
           then the online samples' forward and backward, so the activation peak is the larger of
           the two parts rather than their sum.
@@ -460,6 +461,7 @@ class Trainer:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = presampled or self.sampler.sample(full_model, prompts)
                 groups = sample_groups(samples)
+                joint = joint and self._joint_fits(batch_pairs, groups)
                 if joint:
                     groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids, *resp])
                               for p, (_, resp) in zip(batch_pairs, groups)]
@@ -521,6 +523,21 @@ class Trainer:
                           "online/clipped_ratio": samples.clipped_ratio, "online_groups": 1})
         loss = hypo_loss(out.losses.detach(), kl_loss.detach() if kl_term else None, self.kl_coef)
         return loss, stats
+
+    @staticmethod
+    def _joint_fits(pairs: list[TokenizedPair], groups: list[Group]) -> bool:
+        """Whether the joint rows ``[P | c | r | s_1 … s_k]`` hold no more tokens than the larger part
+        of the unshared split layout (pairs ``[P | c]``, ``[P | r]``; samples ``[P | s_i]``).
+        Activations grow with tokens, so the joint layout then never raises a step's peak memory
+        above the plain path's: with k = 2 it needs P ≥ min(|c| + |r|, Σ|s_i|), which long prompts
+        meet. Otherwise the split layout runs, each part still prefix-shared."""
+        joint = pair_part = sample_part = 0
+        for pair, (prompt, responses) in zip(pairs, groups):
+            sampled = sum(map(len, responses))
+            joint += len(prompt) + len(pair.chosen_ids) + len(pair.rejected_ids) + sampled
+            pair_part += 2 * len(prompt) + len(pair.chosen_ids) + len(pair.rejected_ids)
+            sample_part += len(responses) * len(prompt) + sampled
+        return joint <= max(pair_part, sample_part)
 
     def _preference_loss(self, pairs: list[TokenizedPair], logps: torch.Tensor, ref: torch.Tensor,
                          train: bool = False):
