@@ -15,7 +15,11 @@ part of the gradient is the same on every draw, so the spread of the gradient is
 - the micro-step's wall time (sampling, reference and policy forwards, backward), and its ratio;
 - variance × time relative to seq at the same k, and relative to the default (seq, k = 2): the
   cost of a given gradient precision, lower is better;
-- a bias check: ‖mean − mean_seq‖² over its expected value under unbiasedness (≈ 1 ± noise).
+- a bias check: ‖mean − mean_seq‖² over its expected value under unbiasedness (≈ 1 ± noise);
+- the same variance ratio within each of ``--groups`` consecutive groups of draws (median and
+  range): the log-ratios are heavy-tailed away from π_ref (a rare sample far outside π_ref's
+  support dominates a variance), so one pooled figure can rest on a few draws; the groups show
+  whether an ordering is stable.
 """
 
 from __future__ import annotations
@@ -51,11 +55,17 @@ def dpo_checkpoint(out: Path, steps: int, seed: int = 0) -> tuple[Path, Path, Pa
     return ref_dir, policy_dir, data
 
 
+def covariance_traces(sums, sumsq, sizes):
+    """Unbiased trace of the covariance within each group, from its running sums: sums (G, P)
+    of the vectors, sumsq (G,) of their squared norms, sizes (G,) draws per group."""
+    return (sumsq - (sums ** 2).sum(1) / sizes) / (sizes - 1)
+
+
 ARMS = ("seq", "reinforce", "token", "analytic")  # the trainer's estimators, and seq without its baseline
 
 
 def measure(out: Path, draws: int, steps: int, prompts: int, ks: tuple[int, ...],
-            estimators: tuple[str, ...] = ARMS) -> dict:
+            estimators: tuple[str, ...] = ARMS, groups: int = 10) -> dict:
     """Gradient variance and step time of every (k, estimator) at one DPO checkpoint."""
     import contextlib
     from unittest import mock
@@ -87,7 +97,10 @@ def measure(out: Path, draws: int, steps: int, prompts: int, ks: tuple[int, ...]
         def backward(part, last):
             part.backward()
 
-        stats = {e: {"sum": 0.0, "sumsq": 0.0, "time": 0.0, "length": 0.0, "kl": 0.0} for e in estimators}
+        n_params = sum(p.numel() for p in params)
+        stats = {e: {"sum": torch.zeros(groups, n_params, dtype=torch.float64), "sumsq": torch.zeros(groups, dtype=torch.float64),
+                     "time": 0.0, "length": 0.0, "kl": 0.0} for e in estimators}
+        group = [d * groups // draws for d in range(draws)]  # consecutive groups of draws
         for draw in range(draws):
             order = estimators[draw % len(estimators):] + estimators[: draw % len(estimators)]
             for name in order:  # interleaved and rotated: load drifts hit every estimator alike
@@ -102,15 +115,18 @@ def measure(out: Path, draws: int, steps: int, prompts: int, ks: tuple[int, ...]
                 stats[name]["length"] += step["online/length"]
                 stats[name]["kl"] += step["kl/online"]
                 grad = torch.cat([p.grad.flatten() for p in params]).double()
-                stats[name]["sum"] = stats[name]["sum"] + grad
-                stats[name]["sumsq"] += float(grad.pow(2).sum())
+                stats[name]["sum"][group[draw]] += grad
+                stats[name]["sumsq"][group[draw]] += grad.pow(2).sum()
                 trainer.optimizer.zero_grad(set_to_none=True)
+        sizes = torch.bincount(torch.tensor(group), minlength=groups).double()
         for name in estimators:
             s = stats[name]
-            mean = s["sum"] / draws
-            trace = (s["sumsq"] - draws * float(mean.pow(2).sum())) / (draws - 1)
+            mean = s["sum"].sum(0) / draws
+            trace = (float(s["sumsq"].sum()) - draws * float(mean.pow(2).sum())) / (draws - 1)
+            per_group = covariance_traces(s["sum"], s["sumsq"], sizes)
             rows[(k, name)] = {"k": k, "estimator": name, "grad_variance": trace, "step_seconds": s["time"] / draws,
-                               "online_length": s["length"] / draws, "online_kl": s["kl"] / draws, "mean": mean}
+                               "online_length": s["length"] / draws, "online_kl": s["kl"] / draws, "mean": mean,
+                               "group_variances": per_group.tolist()}
     default = rows.get((2, "seq")) or next(iter(rows.values()))
     for (k, name), row in rows.items():
         base = rows.get((k, "seq")) or row
@@ -122,9 +138,14 @@ def measure(out: Path, draws: int, steps: int, prompts: int, ks: tuple[int, ...]
                                              / (default["grad_variance"] * default["step_seconds"]))
         noise = (row["grad_variance"] + base["grad_variance"]) / draws
         row["bias_check"] = (float((row["mean"] - base["mean"]).pow(2).sum()) / noise if row is not base else 1.0)
+        # paired within each group (the arms of one k share every draw's prompts and timing)
+        ratios = sorted(a / b for a, b in zip(row["group_variances"], base["group_variances"]))
+        row["variance_ratio_groups"] = {"median": ratios[len(ratios) // 2] if len(ratios) % 2 else
+                                        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
+                                        "min": ratios[0], "max": ratios[-1]}
     for row in rows.values():
         del row["mean"]
-    return {"settings": {"draws": draws, "dpo_steps": steps, "prompts": prompts, "k": list(ks),
+    return {"settings": {"draws": draws, "groups": groups, "dpo_steps": steps, "prompts": prompts, "k": list(ks),
                          "parameters": sum(p.numel() for p in params), "threads": 1},
             "estimators": [rows[key] for key in sorted(rows)]}
 
@@ -135,11 +156,12 @@ def table(result: dict) -> str:
     lines = [f"{s['draws']} draws per row, {s['prompts']} prompts × k samples, DPO checkpoint after "
              f"{s['dpo_steps']} steps (online KL ≈ {kl:.2f} nats), {s['parameters']} parameters, 1 CPU thread",
              "",
-             "| k | estimator | tr Cov(∇) | variance vs seq (same k) | step time (ms) | variance × time vs seq (same k) | variance × time vs seq, k = 2 | bias check |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| k | estimator | tr Cov(∇) | variance vs seq (same k) | the same, per group of {s['draws'] // s['groups']} draws: median [min, max] | step time (ms) | variance × time vs seq (same k) | variance × time vs seq, k = 2 | bias check |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["estimators"]:
+        g = r["variance_ratio_groups"]
         lines.append(f"| {r['k']} | `{r['estimator']}` | {r['grad_variance']:.4g} | {r['variance_ratio']:.3f} | "
-                     f"{1000 * r['step_seconds']:.1f} | {r['variance_x_time']:.3f} | "
+                     f"{g['median']:.3f} [{g['min']:.3f}, {g['max']:.3f}] | {1000 * r['step_seconds']:.1f} | {r['variance_x_time']:.3f} | "
                      f"{r['variance_x_time_vs_default']:.3f} | {r['bias_check']:.2f} |")
     return "\n".join(lines)
 
@@ -151,16 +173,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=int, default=200, help="independent draws per row")
     parser.add_argument("--steps", type=int, default=150, help="DPO steps of the fixed checkpoint")
     parser.add_argument("--prompts", type=int, default=16, help="online prompts per micro-step")
+    parser.add_argument("--groups", type=int, default=10, help="groups of consecutive draws for the "
+                        "per-group variance ratios (default: 10)")
     parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 8], help="samples per prompt (default: 2 4 8)")
     parser.add_argument("--estimators", nargs="+", default=list(ARMS), choices=ARMS,
                         help="arms (default: all; 'reinforce' is seq without its leave-one-out baseline)")
     args = parser.parse_args(argv)
     if args.draws < 2:
         parser.error("--draws must be ≥ 2 (a variance needs two draws).")
+    if not 1 <= args.groups <= args.draws // 2:
+        parser.error("--groups must be between 1 and --draws / 2 (each group needs two draws).")
     if min(args.k) < 2:
         parser.error("--k values must be ≥ 2 (the leave-one-out baseline needs two samples).")
     out = Path(args.out)
-    result = measure(out, args.draws, args.steps, args.prompts, tuple(args.k), tuple(args.estimators))
+    result = measure(out, args.draws, args.steps, args.prompts, tuple(args.k), tuple(args.estimators), args.groups)
     (out / "variance.json").write_text(json.dumps(result, indent=1) + "\n")
     text = table(result)
     (out / "variance.md").write_text(text + "\n")
