@@ -196,6 +196,22 @@ def _demo_frontier(args: argparse.Namespace) -> int:
     from .demo.frontier_report import write_frontier
     from .progress import console
 
+    if args.merge:
+        from .demo.frontier_merge import load_runs, merge_results
+
+        out = Path(args.out).resolve()
+        try:
+            if any(Path(d).resolve() == out for d in args.merge):
+                raise ValueError(f"--out {args.out} is one of the --merge folders; write the merged frontier elsewhere.")
+            results = merge_results([load_runs(d) for d in args.merge], args.merge)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"hypo: error: {err}", file=sys.stderr)
+            return 2
+        out.mkdir(parents=True, exist_ok=True)
+        summary = write_frontier(results, out)
+        console.print(f"[green]wrote[/] {args.out}/frontier.json, frontier.md, frontier.png: seeds "
+                      f"{summary['settings']['seeds']} from {', '.join(args.merge)}")
+        return 0
     seeds = tuple(args.seeds) if args.seeds else None
     settings = quick_settings(seeds) if args.quick else FrontierSettings(**({"seeds": seeds} if seeds else {}))
     runs = len(settings.runs())
@@ -347,6 +363,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "(Bradley–Terry reward model, unbounded and bounded) over the same κ, each trained to "
                       "its convergence rule; paired seeds, bootstrap CIs; writes frontier.json, frontier.md, "
                       "frontier.png (see docs/demo.md for its measured time; --quick: 2 seeds, fewer points)")
+    demo.add_argument("--merge", nargs="+", metavar="DIR", help="with --frontier: one frontier from the "
+                      "output folders of runs on disjoint seeds (same settings), written to --out")
     demo.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2; --frontier: 0-4)")
     demo.add_argument("--steps", type=int, help="optimizer steps per run (default: 150)")
     demo.add_argument("--learning_rate", type=float, help="shared learning rate (default: 3e-4)")

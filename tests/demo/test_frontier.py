@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -149,3 +150,37 @@ def test_miniature_frontier_through_the_cli(tmp_path, monkeypatch):
     assert len(opt) > 10 and opt[0]["kl"] >= opt[-1]["kl"] and opt[0]["gold_reward"] >= opt[-1]["gold_reward"]
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert "Verdicts" in (tmp_path / "frontier.md").read_text()
+
+
+def test_merge_joins_disjoint_seeds_and_refuses_what_does_not_pair(tmp_path, capsys):
+    from hypo.cli import main
+    from hypo.demo.frontier_merge import merge_results
+
+    cells = {("partial", "dpo", 0.1): ([3.0, 3.2, 2.8], [0.30, 0.25, 0.35], [0.9] * 3),
+             ("partial", "hypo", 1.0): ([1.0] * 3, [0.70, 0.69, 0.71], [0.5] * 3)}
+    a, b = _results(cells, seeds=(0, 1, 2)), _results(cells, seeds=(3, 4, 5))
+    for part in (a, b):  # the full settings, which frontier.md prints
+        part["settings"] = {**asdict(FrontierSettings()), **part["settings"]}
+    for part, folder in ((a, "a"), (b, "b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "frontier-runs.json").write_text(json.dumps(part))
+    assert main(["demo", "--frontier", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    saved = json.loads((tmp_path / "ab" / "frontier.json").read_text())
+    assert saved["settings"]["seeds"] == [0, 1, 2, 3, 4, 5] and saved["settings"]["merged_from"] == [[0, 1, 2], [3, 4, 5]]
+    dpo = saved["regimes"]["partial"]["methods"]["dpo"]["points"]["0.1"]["kl"]["per_seed"]
+    assert dpo == [3.0, 3.2, 2.8, 3.0, 3.2, 2.8] and saved["timing"]["total"] == 2.0
+    assert "Merged from runs on seeds" in (tmp_path / "ab" / "frontier.md").read_text()
+    with pytest.raises(ValueError, match="repeat"):
+        merge_results([a, a])
+    other = {**b, "settings": {**b["settings"], "bootstrap": 10}}
+    with pytest.raises(ValueError, match="'bootstrap'"):
+        merge_results([a, other], ["a", "other"])
+    moved = {**b, "reference": {r: {**v, "gold_reward": 0.41} for r, v in b["reference"].items()}}
+    with pytest.raises(ValueError, match="π_ref"):
+        merge_results([a, moved])
+    # the inputs are never overwritten, and a missing folder is named
+    assert main(["demo", "--frontier", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 2
+    assert main(["demo", "--frontier", "--merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "one of the --merge folders" in err and "c/frontier-runs.json: not found" in err
+    assert not (tmp_path / "a" / "frontier.json").exists()

@@ -269,8 +269,10 @@ def markdown(summary: dict, figure: str = "frontier.png") -> str:
             lines.append(f"  - {name}: " + ", ".join(f"{k} {row_fmt(x)}" for k, x in
                                                     (row.items() if isinstance(row, dict) else [("KL", row)])))
     t = summary["timing"]
+    parts = s.get("merged_from")
     lines += ["", f"![frontier]({figure})", "",
-              f"Wall time: {t['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
+              (f"Merged from runs on seeds {' and '.join(map(str, parts))} (`--merge`); times summed. " if parts else "")
+              + f"Wall time: {t['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
     if summary.get("reward_models"):
         acc = list(summary["reward_models"].values())
         lines.append(f"Reward models: held-out label accuracy {min(acc):.3f}–{max(acc):.3f}.")
