@@ -172,3 +172,54 @@ def test_tiny_end_to_end_run(tiny, tmp_path, monkeypatch):
     assert saved["regimes"]["partial"]["hypo"]["kl"]["per_seed"] == res["hypo"]["kl"]["per_seed"]
     report = write_report(saved, tmp_path / "rx").read_text()
     assert "| partial (" in report and "Samples" in report
+
+
+def test_tiny_frontier_run_dual_ascent_verdict_and_resume(tiny, tmp_path, monkeypatch):
+    """`hypo realexp --frontier` on the toy model: DPO over β and HyPO over κ on the same pairs and
+    seed; HyPO's λ follows the dual-ascent rule step by step; the verdict is the envelope gap; a rerun
+    with the same settings trains nothing."""
+    from hypo.demo.frontier_report import envelope, frontier_at
+    from hypo.realexp import build, frontier
+    from hypo.realexp.report import write_frontier_report
+    from hypo.realexp.run import RealExpSettings
+
+    monkeypatch.setattr(build, "kind_of", lambda text, clipped, known: ("word", "short", "long", "broken")[len(text) % 4])
+    s = RealExpSettings(model=str(tiny["model"]), seeds=(0,), train_prompts=24, samples_per_train_prompt=4,
+                        steps=3, batch_size=2, eval_every=1, eval_prompts=2, eval_samples_per_prompt=2,
+                        eval_pairs=2, max_new_tokens=6, threads=1, learning_rate=5e-2,
+                        dpo_betas=(0.05, 1.0), kl_budgets=(0.01, 1.0))
+    results = frontier.run_frontier(tmp_path / "fx", s)
+    assert set(results["points"]) == {"dpo", "hypo"}
+    assert set(results["points"]["dpo"]) == {"0.05", "1"} and set(results["points"]["hypo"]) == {"0.01", "1"}
+    runs = json.loads((tmp_path / "fx" / "frontier-runs.json").read_text())["runs"]
+    # the β reaches the run: same seed and data, different β, different policy
+    kl = {b: runs[f"dpo β={b} seed 0"]["evals"][-1]["eval_gold/kl"] for b in ("0.05", "1")}
+    assert kl["0.05"] != kl["1"]
+    for k in (0.01, 1.0):
+        r = runs[f"hypo κ={k:g} seed 0"]
+        assert len(r["lambda"]) == s.steps and r["lambda"][0] == s.beta
+        for t in range(s.steps - 1):
+            assert r["lambda"][t + 1] == pytest.approx(
+                max(0.0, r["lambda"][t] + 0.1 * s.beta / k * (r["kl_online"][t] - k)), rel=1e-12)
+    assert runs["hypo κ=0.01 seed 0"]["lambda"] != runs["hypo κ=1 seed 0"]["lambda"]  # the rule can fail
+    # the verdict is the gap to HyPO's envelope (with π_ref at KL 0), recomputed here
+    start = runs["dpo β=1 seed 0"]["evals"][0]
+    hull = envelope([(0.0, start["eval_gold/reward"])] + [
+        (runs[f"hypo κ={k} seed 0"]["evals"][-1]["eval_gold/kl"], runs[f"hypo κ={k} seed 0"]["evals"][-1]["eval_gold/reward"])
+        for k in ("0.01", "1")])
+    for b in ("0.05", "1"):
+        d = runs[f"dpo β={b} seed 0"]["evals"][-1]
+        gap = results["verdict"]["per_setting"][f"β={b}"]["0"]["gap"]
+        assert gap == pytest.approx(frontier_at(hull, d["eval_gold/kl"]) - d["eval_gold/reward"])
+    assert results["verdict"]["holds"] == all(
+        g["gap"] > 0 for per in results["verdict"]["per_setting"].values() for g in per.values())
+    report = write_frontier_report(results, tmp_path / "fx").read_text()
+    assert "| DPO | β = 0.05 |" in report and "| HyPO | κ = 1 |" in report
+    assert (tmp_path / "fx" / "frontier.png").stat().st_size > 0
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(frontier, "train_one", no_training)
+    again = frontier.run_frontier(tmp_path / "fx", s)
+    assert again["points"] == results["points"]

