@@ -211,6 +211,7 @@ def test_tiny_frontier_run_dual_ascent_verdict_and_resume(tiny, tmp_path, monkey
         d = runs[f"dpo β={b} seed 0"]["evals"][-1]
         gap = results["verdict"]["per_setting"][f"β={b}"]["0"]["gap"]
         assert gap == pytest.approx(frontier_at(hull, d["eval_gold/kl"]) - d["eval_gold/reward"])
+    assert results["verdict"]["pi_ref_is_the_frontier_at_seeds"] == ([0] if hull == [(0.0, start["eval_gold/reward"])] else [])
     assert results["verdict"]["holds"] == all(
         g["gap"] > 0 for per in results["verdict"]["per_setting"].values() for g in per.values())
     report = write_frontier_report(results, tmp_path / "fx").read_text()

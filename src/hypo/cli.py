@@ -391,7 +391,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "labelled by a programmatic gold reward under partial and global coverage, "
                         "train DPO and HyPO with LoRA (same shared settings) and report gold reward, "
                         "win rate, reverse KL and the share outside the data's kinds. About 36 "
-                        "minutes on 2 CPU threads (measured); --quick about 8 (measured). See docs/real-model.md.")
+                        "minutes on 2 CPU threads (measured); --quick about 8; --frontier (12 runs) about 35 "
+                        "(measured). See docs/real-model.md.")
     rx.add_argument("--out", default="hypo-realexp", help="output folder (default: hypo-realexp)")
     rx.add_argument("--quick", action="store_true", help="one seed, fewer pairs and steps, one evaluation "
                     "(with --frontier: seed 0, β 0.1 1, κ 0.25 1, 8 steps evaluated at 4 and 8)")

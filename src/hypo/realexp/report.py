@@ -130,7 +130,13 @@ def write_frontier_report(results: dict, out: Path) -> Path:
     for b, per_seed in v["per_setting"].items():
         gaps = ", ".join(f"seed {sd}: {g['gap']:+.3f} at KL {g['kl_dpo']:.2f}" for sd, g in per_seed.items())
         lines.append(f"  - {b}: {gaps}")
-    lines += ["", f"![frontier]({figure.name})", "", f"Wall time: {s.get('wall_seconds', '?')} s."]
+    if v.get("pi_ref_is_the_frontier_at_seeds"):
+        lines.append(f"  - trivially at seeds {v['pi_ref_is_the_frontier_at_seeds']}: no HyPO point beats π_ref's "
+                     "gold reward there, so HyPO's frontier is π_ref's own point, flat; the gap then says DPO is "
+                     "below π_ref, not that HyPO improved on it. Compare the points at matched KL in the table.")
+    lines += ["", f"![frontier]({figure.name})", "",
+              f"Wall time: {s.get('wall_seconds', '?')} s (this invocation); the runs' own times add up to "
+              f"{s.get('runs_seconds', '?')} s."]
     path = out / "frontier.md"
     path.write_text("\n".join(lines) + "\n")
     return path
