@@ -224,3 +224,28 @@ def test_tiny_frontier_run_dual_ascent_verdict_and_resume(tiny, tmp_path, monkey
     monkeypatch.setattr(frontier, "train_one", no_training)
     again = frontier.run_frontier(tmp_path / "fx", s)
     assert again["points"] == results["points"]
+
+
+def test_cli_frontier_passes_its_grid_and_quick_settings(tmp_path, monkeypatch):
+    """`hypo realexp --frontier`: --quick takes the frontier's quick grid, --dpo_betas / --kl_budgets /
+    --seeds reach the settings."""
+    from hypo import cli
+    from hypo.realexp import frontier, report
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(out, s):
+        seen.append(s)
+        raise Stop  # the CLI's wiring is under test, not the training
+
+    monkeypatch.setattr(frontier, "run_frontier", fake_run)
+    for argv, betas, budgets, seeds, steps in (
+            (["--quick"], report.FRONTIER_QUICK["dpo_betas"], report.FRONTIER_QUICK["kl_budgets"], (0,), 8),
+            (["--dpo_betas", "0.2", "2", "--kl_budgets", "3", "--seeds", "4", "5"], (0.2, 2.0), (3.0,), (4, 5), 20)):
+        with pytest.raises(Stop):
+            cli.main(["realexp", "--frontier", "--model", "m", "--out", str(tmp_path)] + argv)
+        s = seen[-1]
+        assert (s.dpo_betas, s.kl_budgets, s.seeds, s.steps, s.model) == (betas, budgets, seeds, steps, "m")
