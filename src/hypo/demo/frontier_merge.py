@@ -21,7 +21,15 @@ def load_runs(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; --merge takes output folders of `hypo demo --frontier` "
                                 f"(each holds {RUNS_FILE}).")
-    return json.loads(path.read_text())
+    try:
+        part = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); rerun that part of the frontier.") from err
+    missing = [k for k in ("settings", "reference", "coverage", "runs", "timing") if k not in part]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)}: not the runs file of `hypo demo --frontier` "
+                         "(`hypo realexp --frontier` writes another kind).")
+    return part
 
 
 def merge_results(parts: list[dict], names: list[str] | None = None) -> dict:
@@ -32,7 +40,7 @@ def merge_results(parts: list[dict], names: list[str] | None = None) -> dict:
     first, name0 = parts[0], names[0]
     for part, name in zip(parts[1:], names[1:]):
         for key in sorted(set(first["settings"]) | set(part["settings"])):
-            if key != "seeds" and first["settings"].get(key) != part["settings"].get(key):
+            if key not in ("seeds", "merged_from") and first["settings"].get(key) != part["settings"].get(key):
                 raise ValueError(f"{name}: setting {key!r} is {part['settings'].get(key)!r}, {name0} has "
                                  f"{first['settings'].get(key)!r}; only runs with the same settings merge.")
         # π_ref's own evaluation (same π_ref, same uniforms) must agree exactly

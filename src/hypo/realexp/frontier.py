@@ -6,7 +6,8 @@ Every point is one LoRA run of `hypo realexp` with its shared settings; only the
 HyPO's constrained form (arXiv 2406.01462: max the DPO objective s.t. KL(π‖π_ref) ≤ κ) runs with
 λ₀ = β and λ ← max(0, λ + η·(KL̂ − κ)) after every step, η = 0.1·β/κ: the rule of
 `hypo demo --frontier` with its reward unit u = β. Runs are written to ``frontier-runs.json`` as they
-finish, and a rerun with the same settings and folder skips the runs already there.
+finish (atomically), and a rerun into the same folder skips the runs already there; seeds, β and κ
+may change between calls, the shared settings may not (``load_finished``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..config import ConfigError
 from ..demo.frontier_report import envelope, frontier_at
 from ..demo.run import summarize
 from ..progress import console
+from ..runfolder import _atomic_write
 from .run import METRICS, Experiment, RealExpSettings, eval_rows, print_last, train_one
 
 REGIME = "partial"
@@ -38,6 +41,29 @@ def _key(method: str, value: float, seed: int) -> str:
     return f"{method} {KNOB[method]}={value:g} seed {seed}"
 
 
+GRID = ("seeds", "dpo_betas", "kl_budgets")  # a run's key names these: they may change between calls
+
+
+def load_finished(runs_path: Path, settings: dict) -> dict:
+    """The runs already in ``runs_path`` (none if it does not exist). Refuses a file written with
+    other shared settings: its runs are not comparable, and overwriting it would lose them."""
+    if not runs_path.exists():
+        return {}
+    try:
+        saved = json.loads(runs_path.read_text())
+        old, runs = saved["settings"], saved["runs"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{runs_path} is not a frontier-runs file of `hypo realexp --frontier` ({err}); "
+                          "move it away or pick another --out.") from err
+    differ = sorted(k for k in set(old) | set(settings) if k not in GRID and old.get(k) != settings.get(k))
+    if differ:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+        raise ConfigError(f"{runs_path} holds {len(runs)} runs made with other settings ({diffs}); "
+                          "rerun with those settings to resume, or pick another --out.")
+    console.print(f"resuming: {len(runs)} runs already in {runs_path}")
+    return runs
+
+
 def run_frontier(out_dir: str | Path, s: RealExpSettings) -> dict:
     """Train every (point, seed) on the partial-coverage pairs; returns and writes frontier.json."""
     exp = Experiment(out_dir, s)
@@ -45,12 +71,7 @@ def run_frontier(out_dir: str | Path, s: RealExpSettings) -> dict:
     data, eval_data, evaluator, header, start_row = exp.regime(REGIME)
     runs_path = out / "frontier-runs.json"
     settings = json.loads(json.dumps(asdict(s)))  # as saved: tuples become lists
-    done: dict = {}
-    if runs_path.exists():  # resume: keep the runs of the same settings
-        saved = json.loads(runs_path.read_text())
-        if saved.get("settings") == settings:
-            done = saved["runs"]
-            console.print(f"resuming: {len(done)} runs already in {runs_path}")
+    done = load_finished(runs_path, settings)
     todo = [(m, v, o, seed) for seed in s.seeds for m, v, o in points(s)]
     for i, (method, value, overrides, seed) in enumerate(todo, 1):
         key = _key(method, value, seed)
@@ -65,7 +86,7 @@ def run_frontier(out_dir: str | Path, s: RealExpSettings) -> dict:
                      "lambda": [r["kl/coef"] for r in rows if "kl/coef" in r],  # HyPO's training rows
                      "kl_online": [r["kl/online"] for r in rows if "kl/coef" in r]}
         print_last(done[key]["evals"][-1])
-        runs_path.write_text(json.dumps({"settings": settings, "runs": done}, indent=1) + "\n")
+        _atomic_write(runs_path, (json.dumps({"settings": settings, "runs": done}, indent=1) + "\n").encode())
     results = summarize_frontier(s, header, start_row, done)
     results["settings"]["wall_seconds"] = exp.elapsed()  # this invocation (a resumed one skips runs)
     results["settings"]["runs_seconds"] = round(sum(r["seconds"] for r in done.values()), 1)
