@@ -258,6 +258,20 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def restore_set_aside(output_dir: str | Path) -> None:
+    """Put back a checkpoint that save_checkpoint set aside to replace it with a new copy of the
+    same step, when the process died between the two renames: then the set-aside folder is the
+    only copy of that step, and pruning it as an abandoned save would lose it."""
+    from .runfolder import RunFolder
+
+    output_dir = Path(output_dir)
+    for tree in sorted(RunFolder(output_dir).entries()["trees"]):
+        match = re.fullmatch(rf"\.{PREFIX}(\d+)\.old-[\d-]+", tree)
+        final = output_dir / f"{PREFIX}{match.group(1)}" if match else None
+        if final is not None and not final.exists() and (output_dir / tree).is_dir():
+            os.replace(output_dir / tree, final)
+
+
 def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
     """Keep the `limit` newest complete checkpoints (at least 1) and always `keep` (the one just
     written, even if a later step from an abandoned run exists); clear abandoned staging folders.
@@ -265,6 +279,7 @@ def prune(output_dir: Path, limit: int, keep: Path | None = None) -> None:
     from .runfolder import RunFolder
 
     run = RunFolder(output_dir)
+    restore_set_aside(output_dir)
     for tree in sorted(run.entries()["trees"]):
         if tree.startswith(f".{PREFIX}"):  # staging of a save that never finished
             run.remove(tree)
@@ -330,6 +345,7 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path | None:
     with a line that names it and why.
     """
     if spec == "auto":
+        restore_set_aside(output_dir)
         refuse_if_none_intact(output_dir)
         found = complete_checkpoints(output_dir)
         newest = found[-1][0] if found else -1

@@ -3,6 +3,7 @@
 import errno
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,33 @@ def test_write_failure_at_every_file_keeps_the_previous_checkpoint(tmp_path, mon
     monkeypatch.setattr(ckpt, "_write", real_write)
     ckpt.save_checkpoint(tmp_path, 2, params, {**state, "step": 2}, {"data": "x"})
     assert not list(tmp_path.glob(".checkpoint-*.staging*"))  # the abandoned staging was cleared
+
+
+def test_a_kill_while_replacing_a_step_keeps_its_set_aside_copy(tmp_path, monkeypatch):
+    """Saving a step that already has a checkpoint sets the old copy aside, then renames the new
+    one in; a kill between the two renames leaves the set-aside folder as the step's only copy.
+    Resuming puts it back, and the next save does not prune it as an abandoned staging folder."""
+    state = {"step": 2, "data_cursor": {}, "optimizer": {}, "scheduler": {}, "rng": ckpt.rng_state(),
+             "sampler": {}}
+    ckpt.save_checkpoint(tmp_path, 2, {"w": torch.ones(3)}, state, {})
+    real_replace = ckpt.os.replace
+
+    def killed_before_the_new_copy(src, dst):
+        if Path(src).name.startswith(".checkpoint-2.staging"):
+            raise KeyboardInterrupt  # the process dies here
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", killed_before_the_new_copy)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 2, {"w": torch.zeros(3)}, state, {})
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    assert not (tmp_path / "checkpoint-2").exists() and list(tmp_path.glob(".checkpoint-2.old-*"))
+    folder = ckpt.resolve_checkpoint("auto", tmp_path)
+    assert folder == tmp_path / "checkpoint-2" and not list(tmp_path.glob(".checkpoint-2.old-*"))
+    _, tensors, _ = ckpt.load_checkpoint(folder)
+    assert torch.equal(tensors["w"], torch.ones(3))
+    ckpt.save_checkpoint(tmp_path, 3, {"w": torch.ones(3)}, {**state, "step": 3}, {}, limit=2)
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [2, 3]
 
 
 def test_damaged_checkpoint_is_never_loaded(tmp_path):
