@@ -22,6 +22,8 @@ WORKER = textwrap.dedent("""
     from hypo.trainer import Trainer
 
     for name, values in json.loads(sys.argv[1]).items():
+        if name == "hypo-fits-differ":  # the joint layout fits on one process only: all must agree
+            Trainer._joint_fits = staticmethod(lambda pairs, groups: os.environ["RANK"] == "0")
         trainer = Trainer(TrainConfig(**values))
         trainer.train()
         if trainer.acc.is_main_process:
@@ -46,7 +48,9 @@ def settings(tiny, tmp_path, **overrides):
 def test_two_process_ddp_matches_one_process(tiny, tmp_path):
     runs = {"dpo": settings(tiny, tmp_path, algo="dpo", output_dir=str(tmp_path / "dpo2")),
             "hypo": settings(tiny, tmp_path, algo="hypo", kl_coef=0.1,
-                             output_dir=str(tmp_path / "hypo2"))}
+                             output_dir=str(tmp_path / "hypo2")),
+            "hypo-fits-differ": settings(tiny, tmp_path, algo="hypo", kl_coef=0.1,
+                                         output_dir=str(tmp_path / "hypo-differ"))}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -55,6 +59,7 @@ def test_two_process_ddp_matches_one_process(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RUN dpo 2 DistributedType.MULTI_CPU" in proc.stdout, proc.stdout
     assert "RUN hypo 2 DistributedType.MULTI_CPU" in proc.stdout, proc.stdout
+    assert "RUN hypo-fits-differ 2" in proc.stdout, proc.stdout  # no hang, no mismatched collectives
 
     # One process, the same global batch (2 × 4 = 8 pairs per step).
     single = Trainer(TrainConfig(**settings(tiny, tmp_path, algo="dpo", per_device_train_batch_size=8,

@@ -461,7 +461,11 @@ class Trainer:
             with gathered_for_generation(self.acc, self.model) as full_model, self.autocast():  # gather once
                 samples = presampled or self.sampler.sample(full_model, prompts)
                 groups = sample_groups(samples)
-                joint = joint and self._joint_fits(batch_pairs, groups)
+                fits = joint and self._joint_fits(batch_pairs, groups)
+                if joint and self.multi:  # the layout decides the forwards and backwards: every process
+                    votes = self.acc.reduce(torch.tensor([float(fits)], device=device), reduction="sum")
+                    fits = int(votes) == self.acc.num_processes  # takes the same one
+                joint = fits
                 if joint:
                     groups = [(p.prompt_ids, [p.chosen_ids, p.rejected_ids, *resp])
                               for p, (_, resp) in zip(batch_pairs, groups)]
