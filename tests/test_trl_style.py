@@ -339,11 +339,21 @@ def test_every_trainer_event_reaches_a_transformers_callback(tiny_model, tmp_pat
 
 def test_printer_and_early_stopping_work_unchanged(tiny_model, tmp_path, capfd):
     model, records = tiny_model
+
+    class StepWeights(TrainerCallback):  # the trainable weights after each optimizer step
+        def __init__(self):
+            self.trainer, self.weights = None, {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.weights[state.global_step] = snapshot(self.trainer)
+
+    steps = StepWeights()
     cfg = args(tmp_path, max_steps=20, logging_steps=1, eval_strategy="steps", eval_steps=1,
                metric_for_best_model="same", load_best_model_at_end=True)
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=records[4:], eval_dataset=records[:4],
                          compute_metrics=lambda pred: {"same": 1.0},
-                         callbacks=[PrinterCallback, EarlyStoppingCallback(early_stopping_patience=2)])
+                         callbacks=[PrinterCallback, EarlyStoppingCallback(early_stopping_patience=2), steps])
+    steps.trainer = trainer
     before = snapshot(trainer)
     trainer.train()
     # A metric that never improves: two evaluations after the first best stop the run, and the
@@ -351,6 +361,12 @@ def test_printer_and_early_stopping_work_unchanged(tiny_model, tmp_path, capfd):
     assert trainer.state.global_step == 3 and trainer.state.best_global_step == 1
     assert trainer.state.best_metric == 1.0
     assert any(not torch.equal(p, before[n]) for n, p in snapshot(trainer).items())
+    assert sorted(steps.weights) == [1, 2, 3]
+    final = snapshot(trainer)
+    # exactly step 1's weights (a bit-exact copy back), not the last step's
+    assert final.keys() == steps.weights[1].keys()
+    assert all(torch.equal(p, steps.weights[1][n]) for n, p in final.items())
+    assert any(not torch.equal(p, steps.weights[3][n]) for n, p in final.items())
     out = capfd.readouterr().out
     assert out.count("'loss'") == 3 and "'eval_loss'" in out
     with pytest.raises(ConfigError, match="not a transformers.TrainerCallback"):

@@ -4,11 +4,32 @@ import json
 
 
 def test_miniature_variance_run(tmp_path, monkeypatch, capsys):
+    import torch
+
     import hypo.demo.build as build
-    from hypo.demo.variance import main
+    from hypo.demo.variance import ARMS, main
+    from hypo.trainer import Trainer
 
     monkeypatch.setattr(build, "SFT", {"examples": 256, "steps": 20, "batch_size": 32,
                                        "learning_rate": 3e-3})
+    # Pair the arms: every micro-step of one draw (one call per arm) samples with the same sampler
+    # generator state, so the arms see identical online samples; record each call's gradient.
+    # (Only the measured calls, those with online prompts: the DPO checkpoint's training has none.)
+    micro_step, calls = Trainer._micro_step, []
+
+    def paired_micro_step(self, indices, prompts, *a, **kw):
+        if prompts is None:
+            return micro_step(self, indices, prompts, *a, **kw)
+        if len(calls) % len(ARMS) == 0:
+            paired_micro_step.state = self.sampler.generator.get_state()
+        else:
+            self.sampler.generator.set_state(paired_micro_step.state)
+        out = micro_step(self, indices, prompts, *a, **kw)
+        grad = torch.cat([p.grad.flatten() for p in self.model.parameters() if p.requires_grad])
+        calls.append((self.cfg.kl_estimator, grad.clone()))
+        return out
+
+    monkeypatch.setattr(Trainer, "_micro_step", paired_micro_step)
     main(["--out", str(tmp_path), "--draws", "4", "--groups", "2", "--steps", "2", "--prompts", "4", "--k", "2", "3"])
     saved = json.loads((tmp_path / "variance.json").read_text())
     rows = {(r["k"], r["estimator"]): r for r in saved["estimators"]}
@@ -24,6 +45,13 @@ def test_miniature_variance_run(tmp_path, monkeypatch, capsys):
     assert rows[(2, "seq")]["variance_ratio_groups"] == {"median": 1.0, "min": 1.0, "max": 1.0}
     # the no-baseline arm is a different estimator: its gradients differ from seq's
     assert rows[(2, "reinforce")]["grad_variance"] != rows[(2, "seq")]["grad_variance"]
+    # ... on the same samples: in each draw, the two arms run with kl_estimator "seq" (seq and
+    # reinforce, whichever order) get identical samples, so a no-op swap would give them the same
+    # gradient; the dropped baseline changes it well beyond rounding
+    assert len(calls) == 2 * 4 * len(ARMS)
+    for draw in range(0, len(calls), len(ARMS)):
+        a, b = [g for estimator, g in calls[draw: draw + len(ARMS)] if estimator == "seq"]
+        assert (a - b).norm() > 1e-2 * b.norm(), draw
     assert "| 3 | `reinforce` |" in (tmp_path / "variance.md").read_text()
     assert "| 2 | `analytic` |" in capsys.readouterr().out
 
