@@ -288,3 +288,12 @@ def test_final_checkpoint_follows_the_save_strategy(base_config, tmp_path, monke
     assert written == []
     run_steps(base_config, tmp_path, "epoch-once", save_strategy="epoch", save_steps=3)
     assert written == [2, 3, 5]  # step 5 ends a pass: written once, not again as the final step
+
+
+@pytest.mark.parametrize("value", ["x", ["attn_implementation"]])
+def test_model_init_kwargs_not_a_mapping_is_named(value):
+    """Not a bare ValueError/TypeError from dict(): the field and the fix are named."""
+    from hypo import DPOConfig
+
+    with pytest.raises(ConfigError, match="model_init_kwargs.*must be a mapping"):
+        DPOConfig("out", model_name_or_path="m", dataset_name="d", model_init_kwargs=value).validate()

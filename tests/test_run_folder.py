@@ -241,3 +241,21 @@ def test_gguf_overwrite_replaces_only_its_own_conversion(fake_gguf, tmp_path):
     marker = json.loads((out / "hypo_gguf_source.json").read_text())
     assert marker["source"]["size"] == 72 + 5 and "model.safetensors" in marker["files"]
     assert (out / "model.safetensors").is_file()
+
+
+def test_gguf_overwrite_refused_by_a_foreign_file_removes_nothing(fake_gguf, tmp_path):
+    """A new conversion's file name taken by a file the earlier conversion did not write: refused
+    before the earlier conversion's files are removed, so the folder stays as it was."""
+    from hypo.config import ConfigError
+    from hypo.gguf import convert_gguf
+
+    out = tmp_path / "conv"
+    convert_gguf(fake_gguf("m.gguf"), out)
+    marker = out / "hypo_gguf_source.json"
+    listed = json.loads(marker.read_text())
+    listed["files"].remove("config.json")  # config.json is now somebody else's
+    marker.write_text(json.dumps(listed))
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match="config.json: not part of the earlier conversion"):
+        convert_gguf(fake_gguf("m.gguf", salt=b"other"), out, overwrite=True)
+    assert snapshot(out) == before

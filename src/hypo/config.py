@@ -511,7 +511,7 @@ class TrainConfig:
             self.loss_type = [t.strip() for t in self.loss_type.split(",") if t.strip()]
         if isinstance(self.report_to, (list, tuple)):  # TRL takes a list
             self.report_to = ",".join(self.report_to) or "none"
-        if self.model_init_kwargs:
+        if self.model_init_kwargs and isinstance(self.model_init_kwargs, dict):  # else validate() says so
             self._take_model_init_kwargs()
         if self.load_best_model_at_end and self.metric_for_best_model is None:
             self.metric_for_best_model = "loss"  # transformers' default

@@ -228,20 +228,22 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, overwrite:
 
 def _install(staging: Path, out_dir: Path, previous: dict | None) -> None:
     """Put the finished conversion in place: the earlier conversion's own files go first; files of
-    somebody else's there stay (the new files are then moved in one by one)."""
-    if previous is not None:
-        for old in _conversion_files(out_dir, previous):
-            old.unlink()
-        if not any(out_dir.iterdir()):
-            out_dir.rmdir()
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
+    somebody else's there stay (the new files are then moved in one by one). A new file whose name
+    is taken by somebody else's is refused before anything is removed."""
+    own = set(_conversion_files(out_dir, previous)) if previous is not None else set()
     sources = sorted(staging.iterdir())
-    taken = [out_dir / s.name for s in sources if (out_dir / s.name).exists() or (out_dir / s.name).is_symlink()]
+    taken = [out_dir / s.name for s in sources if out_dir / s.name not in own
+             and ((out_dir / s.name).exists() or (out_dir / s.name).is_symlink())]
     if taken:
         raise ConfigError(f"{', '.join(map(str, taken))}: not part of the earlier conversion; hypo "
                           "does not replace them. Move them away or choose another --out.")
+    for old in own:
+        old.unlink()
+    if previous is not None and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
     for src in sources:
         os.replace(src, out_dir / src.name)
 
