@@ -272,3 +272,26 @@ def test_cli_refuses_frontier_options_without_frontier(capsys):
     assert "--dpo_betas and --kl_budgets set the grid of --frontier" in capsys.readouterr().err
     assert cli.main(["demo", "--merge", "a", "b"]) == 2
     assert "use it with --frontier" in capsys.readouterr().err
+
+
+def test_frontier_verdict_on_hand_set_points():
+    """The rule on numbers worked out by hand: HyPO's frontier through π_ref (0, 0.4), κ points
+    (0.5, 0.6) and (1.0, 0.7) is 0.65 at KL 0.75 and 0.7 beyond KL 1 (flat)."""
+    from hypo.realexp.frontier import verdict
+    from hypo.realexp.run import RealExpSettings
+
+    def run(kl, gold):
+        return {"evals": [{"eval_gold/kl": kl, "eval_gold/reward": gold}]}
+
+    s = RealExpSettings(seeds=(0,), dpo_betas=(0.1, 1.0), kl_budgets=(0.5, 1.0))
+    hypo = {"hypo κ=0.5 seed 0": run(0.5, 0.6), "hypo κ=1 seed 0": run(1.0, 0.7)}
+    start = {"eval_gold/reward": 0.4}
+    v = verdict(s, start, {**hypo, "dpo β=0.1 seed 0": run(3.0, 0.2), "dpo β=1 seed 0": run(0.75, 0.5)})
+    assert v["holds"] and v["pi_ref_is_the_frontier_at_seeds"] == []
+    assert v["per_setting"]["β=1"]["0"]["gap"] == pytest.approx(0.15)
+    assert v["per_setting"]["β=0.1"]["0"]["gap"] == pytest.approx(0.5)
+    v = verdict(s, start, {**hypo, "dpo β=0.1 seed 0": run(3.0, 0.2), "dpo β=1 seed 0": run(0.75, 0.66)})
+    assert not v["holds"] and v["per_setting"]["β=1"]["0"]["gap"] == pytest.approx(-0.01)
+    low = {"hypo κ=0.5 seed 0": run(0.5, 0.3), "hypo κ=1 seed 0": run(1.0, 0.35)}  # none beats π_ref
+    v = verdict(s, start, {**low, "dpo β=0.1 seed 0": run(3.0, 0.2), "dpo β=1 seed 0": run(0.75, 0.3)})
+    assert v["pi_ref_is_the_frontier_at_seeds"] == [0] and v["per_setting"]["β=1"]["0"]["gap"] == pytest.approx(0.1)
