@@ -312,13 +312,7 @@ class HyPOTrainer:
             raise ConfigError("`train_dataset` is required: pass a datasets.Dataset, an "
                               "IterableDataset, a list of dicts or a file path (or set dataset_name "
                               "in args).")
-        streaming = [type(d).__name__ for d in _leaves(train_dataset, eval_dataset)
-                     if type(d).__name__ == "IterableDataset"]
-        if streaming and cfg.precompute_ref_log_probs:
-            raise ConfigError("precompute_ref_log_probs=True is not supported with IterableDataset "
-                              "(streaming) data: the reference log-prob cache is keyed by the whole "
-                              "data set, which a stream does not have up front. Set "
-                              "precompute_ref_log_probs=False.")
+        _refuse_streamed_cache(cfg, train_dataset, eval_dataset)
         train = _object_or_path(cfg, "dataset_name", train_dataset)
         if train is not None:
             limit = None
@@ -494,10 +488,7 @@ class HyPOTrainer:
     def _new_eval_sets(self, eval_dataset) -> dict:
         """Tokenize a dataset (or dict of them) given to evaluate() and compute its reference."""
         core = self.core
-        streaming = any(type(d).__name__ == "IterableDataset" for d in _leaves(eval_dataset))
-        if streaming and self.args.precompute_ref_log_probs:
-            raise ConfigError("precompute_ref_log_probs=True is not supported with IterableDataset "
-                              "(streaming) data; set precompute_ref_log_probs=False.")
+        _refuse_streamed_cache(self.args, eval_dataset)
         if core.step > 0 and core.pair.reference is None and not core.pair.is_peft:
             raise ConfigError(
                 "Cannot compute reference log-probs for a dataset passed to evaluate() after "
@@ -622,6 +613,15 @@ def _stream_limit(cfg: TrainConfig) -> int:
 
     world = 1 if cfg.use_cpu else PartialState().num_processes
     return cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+
+
+def _refuse_streamed_cache(cfg, *datasets) -> None:
+    """A reference cache needs the whole data set up front, which a stream does not have."""
+    if cfg.precompute_ref_log_probs and any(type(d).__name__ == "IterableDataset" for d in _leaves(*datasets)):
+        raise ConfigError("precompute_ref_log_probs=True is not supported with IterableDataset "
+                          "(streaming) data: the reference log-prob cache is keyed by the whole "
+                          "data set, which a stream does not have up front. Set "
+                          "precompute_ref_log_probs=False.")
 
 
 def _leaves(*objects) -> list:

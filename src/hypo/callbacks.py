@@ -34,7 +34,7 @@ class FlowCallback(DefaultFlowCallback):
             control.should_log = True
         if step == 1 and args.logging_first_step and args.logging_strategy != "no":
             control.should_log = True
-        every = args.eval_steps if args.eval_steps is not None else args.logging_steps
+        every = eval_every(args)
         if args.eval_strategy == "steps" and every and step % every == 0 and step >= args.eval_delay:
             control.should_evaluate = True
         if args.save_strategy == "steps" and args.save_steps and step % args.save_steps == 0:
@@ -75,10 +75,15 @@ def make_handler(callbacks, model=None, processing_class=None, optimizer=None,
                            optimizer, lr_scheduler)
 
 
+def eval_every(cfg) -> int | None:
+    """Steps between evaluations: eval_steps, unset = logging_steps (transformers' rule)."""
+    return cfg.eval_steps if cfg.eval_steps is not None else cfg.logging_steps
+
+
 def new_state(cfg, max_steps: int, train_batch_size: int, is_main: bool,
               is_local_main: bool) -> TrainerState:
     """A TrainerState for a run of ``max_steps`` optimizer steps (transformers' field names)."""
-    every = cfg.eval_steps if cfg.eval_steps is not None else cfg.logging_steps
+    every = eval_every(cfg)
     return TrainerState(max_steps=max_steps, logging_steps=cfg.logging_steps, eval_steps=every or 0,
                         save_steps=cfg.save_steps, train_batch_size=train_batch_size,
                         num_train_epochs=cfg.num_train_epochs, is_world_process_zero=is_main,

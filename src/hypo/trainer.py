@@ -257,9 +257,7 @@ class Trainer:
 
         world = self.acc.num_processes
         self.global_batch = cfg.per_device_train_batch_size * world
-        per_step = self.global_batch * cfg.gradient_accumulation_steps
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
-            1, math.ceil(cfg.num_train_epochs * len(self.data.train) / per_step))
+        self.total_steps = self._steps_per_call()
         # DeepSpeed steps inside every backward(): HyPO's two-part backward becomes one there.
         self.single_backward = self.acc.distributed_type == DistributedType.DEEPSPEED
         self.sharded = self.multi and sharding.requested()  # FSDP2, applied by hypo (``sharding``)
@@ -1014,7 +1012,8 @@ class Trainer:
             stats["loss"] = stats["loss/dpo"]
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
-            rewards.append(torch.stack(self.last_rewards, 1).float().cpu())
+            if self.compute_metrics is not None:  # its only reader
+                rewards.append(torch.stack(self.last_rewards, 1).float().cpu())
             self._event("on_prediction_step")
         n = totals.pop("pairs")
         metrics = {f"{prefix}_{k}": v / n for k, v in totals.items() if not k.startswith("tokens/")}

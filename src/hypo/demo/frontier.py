@@ -29,7 +29,7 @@ from .build import MODEL_SHAPE, SFT, build_tokenizer, reference_model
 from .gold import GoldJudge
 from .pairs import PairSets, build_pair_sets, reference_logps
 from .reward_model import RewardModels, fit_reward_models
-from .stack import Stack, Trainable, sample
+from .stack import Stack, Trainable, response_logps, sample
 from .task import COVERAGE_REGIMES, Task
 
 # method -> family (runs of one family share a Stack and a step function)
@@ -165,8 +165,8 @@ class Engine:
         self.ref_dir = reference_model(out / "cache", self.task, disable_progress_bar=not progress)
         self.reference = Stack.from_pretrained(self.ref_dir, 1, trainable=False)
         self.keys = [(regime, seed) for regime in s.regimes for seed in s.seeds]  # one data set each
-        covered = [COVERAGE_REGIMES[r] for r, _ in self.keys]
-        self.data: PairSets = build_pair_sets(self.task, self.tok, self.reference, covered, s.n_pairs,
+        self.covered = [COVERAGE_REGIMES[r] for r, _ in self.keys]
+        self.data: PairSets = build_pair_sets(self.task, self.tok, self.reference, self.covered, s.n_pairs,
                                               [1 + 100 * seed for _, seed in self.keys])
         self.judge = GoldJudge(self.task, self.tok, self.reference, self.task.eval_prompts,
                                s.eval_samples_per_prompt, s.max_new_tokens)
@@ -177,8 +177,7 @@ class Engine:
 
     def fit_reward_models(self) -> None:
         s = self.s
-        covered = [COVERAGE_REGIMES[r] for r, _ in self.keys]
-        held_out = build_pair_sets(self.task, self.tok, self.reference, covered, s.n_held_out_pairs,
+        held_out = build_pair_sets(self.task, self.tok, self.reference, self.covered, s.n_held_out_pairs,
                                    [2 + 100 * seed for _, seed in self.keys], prompts=self.task.eval_prompts)
         self.rewards = fit_reward_models(self.ref_dir, self.data, held_out, s.rm_steps, s.rm_batch_size,
                                          s.rm_learning_rate, seed=sum(s.seeds))
@@ -237,9 +236,9 @@ class Engine:
         for j, run in enumerate(fam.runs):
             row = {"step": step, **{k: float(v[j]) for k, v in metrics.items()}, "lambda": float(fam.lam[j])}
             fam.histories[j].append(row)
-            hit_cap = step >= self.s.max_steps
-            if converged(fam.histories[j], self.s) or hit_cap:
-                done.append(final_record(run, fam.histories[j], self.s, capped=hit_cap and not converged(fam.histories[j], self.s)))
+            settled, hit_cap = converged(fam.histories[j], self.s), step >= self.s.max_steps
+            if settled or hit_cap:
+                done.append(final_record(run, fam.histories[j], self.s, capped=not settled))
             else:
                 keep.append(j)
         if done:
@@ -260,8 +259,6 @@ def _pad(x: torch.Tensor, width: int, value) -> torch.Tensor:
 
 
 def _logps(policy: Stack, prompts: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    from .stack import response_logps
-
     return response_logps(policy.grouped_logits(prompts, responses), responses, mask)
 
 

@@ -91,8 +91,7 @@ def summarize(results: dict, seed: int = 0) -> dict:
             for value in table.settings(regime, method):
                 key = (regime, method, value)
                 boot = np.stack([b[key] for b in boots])
-                cell = {name: {"median": _num(med[key][i]), "ci95": [_num(np.percentile(boot[:, i], 2.5)),
-                                                                   _num(np.percentile(boot[:, i], 97.5))],
+                cell = {name: {"median": _num(med[key][i]), "ci95": [_num(x) for x in _ci(boot[:, i])],
                                "per_seed": [_num(x) for x in table.cells[key][:, i]]}
                         for i, name in enumerate(STATS)}
                 cell["convergence_step"] = cell.pop("step")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -140,9 +141,7 @@ def measure(out: Path, draws: int, steps: int, prompts: int, ks: tuple[int, ...]
         row["bias_check"] = (float((row["mean"] - base["mean"]).pow(2).sum()) / noise if row is not base else 1.0)
         # paired within each group (the arms of one k share every draw's prompts and timing)
         ratios = sorted(a / b for a, b in zip(row["group_variances"], base["group_variances"]))
-        row["variance_ratio_groups"] = {"median": ratios[len(ratios) // 2] if len(ratios) % 2 else
-                                        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
-                                        "min": ratios[0], "max": ratios[-1]}
+        row["variance_ratio_groups"] = {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
     for row in rows.values():
         del row["mean"]
     return {"settings": {"draws": draws, "groups": groups, "dpo_steps": steps, "prompts": prompts, "k": list(ks),

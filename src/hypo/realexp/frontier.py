@@ -27,12 +27,13 @@ from .run import METRICS, Experiment, RealExpSettings, eval_rows, print_last, tr
 
 REGIME = "partial"
 KNOB = {"dpo": "β", "hypo": "κ"}
+KL_RATE = 0.1  # η = KL_RATE·β/κ: the demo frontier's dual step with its reward unit u = β
 
 
 def points(s: RealExpSettings) -> list[tuple[str, float, dict]]:
     """(method, knob value, TrainConfig overrides) for every frontier point."""
     dpo = [("dpo", b, {"beta": b}) for b in s.dpo_betas]
-    hypo = [("hypo", k, {"kl_target": k, "kl_target_rate": 0.1 * s.beta / k, "kl_coef": s.beta})
+    hypo = [("hypo", k, {"kl_target": k, "kl_target_rate": KL_RATE * s.beta / k, "kl_coef": s.beta})
             for k in s.kl_budgets]
     return dpo + hypo
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..demo.report import LABELS, ROWS, cell, plot, verdicts
+from .frontier import KL_RATE, KNOB
 
 QUICK = {"seeds": (0,), "train_prompts": 40, "steps": 8, "eval_every": 8, "eval_prompts": 8}
 
@@ -82,7 +83,7 @@ def plot_frontier(results: dict, path: Path) -> Path:
         ref = results["reference"]
         ax.plot([0.0], [ref[metric]], "k*", markersize=10, label="π_ref")
         for method, pts in results["points"].items():
-            color, knob = COLORS.get(method), "β" if method == "dpo" else "κ"
+            color, knob = COLORS.get(method), KNOB[method]
             med = sorted((p["kl"]["median"], p[metric]["median"], v) for v, p in pts.items())
             for v, p in pts.items():
                 ax.plot(p["kl"]["per_seed"], p[metric]["per_seed"], ".", color=color, alpha=0.4)
@@ -103,7 +104,7 @@ def frontier_lines(results: dict) -> list[str]:
     lines = ["| method | knob | reverse KL | gold reward | win rate | outside the data's kinds | "
              "last change of KL / gold | final λ | s per run |", "|---|---|---|---|---|---|---|---|---|"]
     for method, pts in results["points"].items():
-        knob = "β" if method == "dpo" else "κ"
+        knob = KNOB[method]
         for v, p in pts.items():
             lam = cell(p["final_lambda"], "{:.3f}") if "final_lambda" in p else ""
             lines.append(f"| {LABELS[method]} | {knob} = {v} | {cell(p['kl'], '{:.2f}')} | "
@@ -121,7 +122,7 @@ def write_frontier_report(results: dict, out: Path) -> Path:
              f"(kinds {', '.join(results['covered_kinds'])}; coverage {results['coverage']:.2f}). Shared: "
              f"learning rate {s['learning_rate']} (LoRA r {s['lora_r']}), batch {s['batch_size']}, {s['steps']} steps, "
              f"seeds {list(s['seeds'])}; HyPO: DPO term at β {s['beta']}, k {s['num_online_samples']}, "
-             f"λ₀ {s['beta']}, η = 0.1·β/κ. Evaluation: {s['eval_prompts']} held-out prompts × "
+             f"λ₀ {s['beta']}, η = {KL_RATE}·β/κ. Evaluation: {s['eval_prompts']} held-out prompts × "
              f"{s['eval_samples_per_prompt']} samples at every {s['eval_every']} steps.", ""]
     lines += frontier_lines(results)
     lines += ["", "Cells: median [min, max] over seeds at the last step; last change: median change over the "
