@@ -198,3 +198,13 @@ def test_logs_flag_clipped_online_samples_as_biased(base_config):
     Trainer(cfg).train()
     metrics = json.loads(Path(cfg.output_dir, "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["online/clipped_ratio"] > 0 and metrics["online/unbiased"] == 0.0
+
+
+def test_no_pair_left_after_truncation_says_how_to_fix_it(base_config):
+    """keep_start drops a pair whose prompt fills max_length: when that drops every pair, the error
+    names the data and the three ways out."""
+    from hypo.data import DataError
+    from hypo.trainer import Trainer
+
+    with pytest.raises(DataError, match="no usable preference pair.*raise max_length.*keep_end"):
+        Trainer(base_config(truncation_mode="keep_start", max_length=3, max_prompt_length=None))

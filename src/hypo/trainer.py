@@ -111,7 +111,8 @@ def prepare_data(cfg: TrainConfig, tokenizer=None, datasets: dict | None = None)
     report["train_tokenize"], report["eval_tokenize"] = vars(stats), vars(eval_stats)
     if not train:
         raise DataError(f"{cfg.dataset_name}: no usable preference pair is left after validation "
-                        f"and truncation ({report}).")
+                        f"and truncation ({report}). If the pairs were dropped for length, raise "
+                        "max_length, set max_prompt_length below it, or use truncation_mode keep_end.")
     prompts = None
     if cfg.prompt_dataset_name:
         prompt_ex, prompt_dropped = load_prompts(given.get("prompts", cfg.prompt_dataset_name), cfg.dataset_train_split,
